@@ -1,0 +1,195 @@
+"""The one session file (ARCHITECTURE.md section 6).
+
+Default run (what `.ci/run` and README's test command run):
+    lint, typecheck, layers, tests(pkg=...) for every package, integration, wheels
+Not in the default run: quickstart (README's main job), bench, gpu.
+
+Every session installs with pip and the constraints file, which pins torch to the CPU build
+that lies on the project's machines (an unpinned torch downloads a multi-GB CUDA build).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
+ARTIFACTS = ROOT / ".nox" / "_artifacts"
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["lint", "typecheck", "layers", "tests", "integration", "wheels"]
+
+
+@dataclass(frozen=True)
+class Package:
+    folder: str  # packages/<folder>
+    local: tuple[str, ...] = ()  # gptmed packages it depends on at run time
+    test_local: tuple[str, ...] = ()  # gptmed packages its tests also need
+    extras: tuple[str, ...] = ("test",)  # its own extras installed for its tests
+    env: dict[str, str] = field(default_factory=dict)  # environment for its tests
+
+    @property
+    def path(self) -> Path:
+        return ROOT / "packages" / self.folder
+
+    @property
+    def present(self) -> bool:
+        return (self.path / "pyproject.toml").exists()
+
+
+PACKAGES: dict[str, Package] = {
+    "core": Package("gptmed-core"),
+    "data": Package("gptmed-data", local=("core",)),
+    "tokenizer": Package("gptmed-tokenizer", local=("core",)),
+    "model": Package("gptmed-model", local=("core",), extras=("test", "triton")),
+    "train": Package("gptmed-train", local=("core", "model"), test_local=("tokenizer", "data")),
+    "infer": Package(
+        "gptmed-infer", local=("core", "tokenizer"), test_local=("model", "train"), extras=("test", "export")
+    ),
+    "gptmed": Package("gptmed", local=("core", "data", "tokenizer", "model", "train", "infer")),
+}
+PRESENT = [name for name, pkg in PACKAGES.items() if pkg.present]
+
+
+def _closure(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The named packages and every gptmed package they need at run time, in PACKAGES order."""
+    wanted: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        if name in wanted or not PACKAGES[name].present:
+            continue
+        wanted.add(name)
+        stack.extend(PACKAGES[name].local)
+    return [n for n in PACKAGES if n in wanted]
+
+
+def _install_local(
+    session: nox.Session, names: list[str], extras: dict[str, tuple[str, ...]] | None = None
+) -> None:
+    """pip-install local packages (with their extras) in one resolver run, torch pinned."""
+    extras = extras or {}
+    specs = []
+    for name in names:
+        pkg = PACKAGES[name]
+        ex = [e for e in extras.get(name, ()) if _has_extra(pkg, e)]
+        specs.append(f"{pkg.path}[{','.join(ex)}]" if ex else str(pkg.path))
+    session.install(*CONSTRAINTS, *specs)
+
+
+def _has_extra(pkg: Package, extra: str) -> bool:
+    text = (pkg.path / "pyproject.toml").read_text(encoding="utf-8")
+    return f"\n{extra} = [" in text or f"\n{extra}=[" in text
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + format check, and the PEP 420 guard: no src/gptmed/__init__.py anywhere."""
+    bad = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("packages/*/src/gptmed/__init__.py"))
+    if bad:
+        session.error(f"namespace folder must stay empty (PEP 420), remove: {bad}")
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy: strict for gptmed-core, checked for the rest."""
+    _install_local(session, _closure(PRESENT))
+    session.install(*CONSTRAINTS, "mypy==2.4.1", "numpy")
+    targets = [str(PACKAGES[n].path / "src") for n in PRESENT]
+    session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"), *targets)
+
+
+@nox.session
+def layers(session: nox.Session) -> None:
+    """import-linter contracts of ARCHITECTURE.md section 1 (root pyproject.toml)."""
+    _install_local(session, _closure(PRESENT))
+    session.install(*CONSTRAINTS, "import-linter==2.17")
+    session.run("lint-imports", "--config", str(ROOT / "pyproject.toml"), "--no-cache")
+
+
+@nox.session
+@nox.parametrize("pkg", PRESENT)
+def tests(session: nox.Session, pkg: str) -> None:
+    """One package's tests, in an env with only its declared dependencies (+ test-only siblings)."""
+    spec = PACKAGES[pkg]
+    names = _closure([*spec.local, pkg, *spec.test_local])
+    _install_local(session, names, {pkg: spec.extras})
+    env = {"PYTHONHASHSEED": "0", **spec.env}
+    session.run("pytest", str(spec.path / "tests"), "-q", "-p", "no:cacheprovider", *session.posargs, env=env)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """End to end across packages (integration_tests/), CPU, small data the tests make."""
+    _install_local(session, _closure(PRESENT), {"infer": ("export",)})
+    session.install(*CONSTRAINTS, "pytest", "hypothesis")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    env = {"PYTHONHASHSEED": "0", "GPTMED_ARTIFACTS": str(ARTIFACTS)}
+    session.run(
+        "pytest", str(ROOT / "integration_tests"), "-q", "-p", "no:cacheprovider", *session.posargs, env=env
+    )
+
+
+@nox.session
+def wheels(session: nox.Session) -> None:
+    """Build every package; install gptmed-infer from its wheel without torch; answer from a bundle."""
+    dist = ROOT / ".nox" / "_dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("build==1.6.1")
+    for name in PRESENT:
+        session.run(
+            "python", "-m", "build", "--wheel", "--outdir", str(dist), str(PACKAGES[name].path), silent=True
+        )
+    built = sorted(p.name for p in dist.glob("*.whl"))
+    session.log(f"built {len(built)} wheels: {built}")
+    if "infer" not in PRESENT:
+        session.log("gptmed-infer is not in the tree yet: nothing more to check")
+        return
+    # A fresh environment: gptmed-infer and its gptmed dependencies from the wheels just built.
+    session.install("--find-links", str(dist), "gptmed-infer")
+    session.run(
+        "python", "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
+    )
+    bundle = ARTIFACTS / "bundle"
+    if not (bundle / "gptmed.json").exists():
+        session.error(f"no bundle at {bundle}: run `nox -s integration` first (it exports one)")
+    session.run(
+        "python",
+        str(ROOT / "packages" / "gptmed-infer" / "tests_wheel" / "check_wheel_install.py"),
+        str(bundle),
+    )
+
+
+@nox.session
+def quickstart(session: nox.Session) -> None:
+    """README's main job: the whole pipeline on the embedded sample, then answers from the bundle."""
+    _install_local(session, ["gptmed"] if "gptmed" in PRESENT else _closure(PRESENT))
+    out = session.posargs[0] if session.posargs else "gptmed-quickstart"
+    session.run("gptmed", "quickstart", "--out", out)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark in bench/ (side by side with its anchor); not in the default run."""
+    _install_local(session, _closure(PRESENT), {"infer": ("export",)})
+    session.install(*CONSTRAINTS, "transformers", "tokenizers", "pandas", "psutil")
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        session.run("python", str(script), *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """CUDA checks (parity tests marked gpu + GPU benchmarks); needs an NVIDIA GPU."""
+    _install_local(session, _closure(PRESENT), {"model": ("test", "triton")})
+    session.run("python", "-c", "import torch, sys; sys.exit(not torch.cuda.is_available())")
+    session.run("pytest", "-m", "gpu", str(PACKAGES["model"].path / "tests"), "-q")
+    session.run("python", str(ROOT / "bench" / "attention.py"))
