@@ -1,0 +1,82 @@
+"""gptmed-core: the interface types every gptmed component shares (standard library only)."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from gptmed.core.config import (
+    PRESETS,
+    GenerationConfig,
+    ModelConfig,
+    get_config,
+    get_medium_config,
+    get_small_config,
+    get_tiny_config,
+)
+from gptmed.core.errors import (
+    BundleError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    GptmedError,
+    ManifestError,
+    TokenizerError,
+    cli_errors,
+)
+from gptmed.core.io import (
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_text,
+    sha256_bytes,
+    sha256_file,
+    sweep_temp_files,
+)
+from gptmed.core.manifests import BundleManifest, CheckpointManifest, DatasetManifest, check_compatible
+from gptmed.core.protocols import AnswerGenerator, Tokenizer
+from gptmed.core.qa import QAPair, format_pair, iter_qa_lines, normalize_text, read_qa_text, write_qa_text
+from gptmed.core.template import DEFAULT_STOP, DEFAULT_TEMPLATE, SPECIAL_IDS, PromptTemplate, SpecialIds
+
+try:
+    __version__ = version("gptmed-core")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "DEFAULT_STOP",
+    "DEFAULT_TEMPLATE",
+    "PRESETS",
+    "SPECIAL_IDS",
+    "AnswerGenerator",
+    "BundleError",
+    "BundleManifest",
+    "CheckpointError",
+    "CheckpointManifest",
+    "ConfigError",
+    "DataError",
+    "DatasetManifest",
+    "GenerationConfig",
+    "GptmedError",
+    "ManifestError",
+    "ModelConfig",
+    "PromptTemplate",
+    "QAPair",
+    "SpecialIds",
+    "Tokenizer",
+    "TokenizerError",
+    "__version__",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_compatible",
+    "cli_errors",
+    "format_pair",
+    "get_config",
+    "get_medium_config",
+    "get_small_config",
+    "get_tiny_config",
+    "iter_qa_lines",
+    "normalize_text",
+    "read_qa_text",
+    "sha256_bytes",
+    "sha256_file",
+    "sweep_temp_files",
+    "write_qa_text",
+]

@@ -1,0 +1,130 @@
+"""Atomic file writes and sha256: a crash never leaves a half-written artifact behind.
+
+A write goes to a temp file in the destination's folder (named ``.NAME.tmp-XXXX``), is fsynced,
+and replaces the destination with ``os.replace``. Stale temp files from a killed process are
+swept with :func:`sweep_temp_files`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Literal, overload
+
+__all__ = [
+    "TEMP_MARKER",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "sha256_bytes",
+    "sha256_file",
+    "sweep_temp_files",
+]
+
+TEMP_MARKER = ".tmp-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+@overload
+def atomic_open(
+    path: str | os.PathLike[str], mode: Literal["w"] = ..., *, overwrite: bool = ..., encoding: str = ...
+) -> contextlib.AbstractContextManager[IO[str]]: ...
+@overload
+def atomic_open(
+    path: str | os.PathLike[str], mode: Literal["wb"], *, overwrite: bool = ..., encoding: str = ...
+) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", *, overwrite: bool = True, encoding: str = "utf-8"
+) -> contextlib.AbstractContextManager[IO[str]] | contextlib.AbstractContextManager[IO[bytes]]:
+    """Open ``path`` for writing through a temp file that replaces it only on success.
+
+    On any exception inside the ``with`` block the temp file is removed and ``path`` is
+    untouched. With ``overwrite=False`` an existing ``path`` raises ``FileExistsError`` before
+    anything is written. Text mode writes ``\\n`` line endings on every platform.
+    """
+    return _atomic_open(Path(path), mode, overwrite, encoding)  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Iterator[IO[str] | IO[bytes]]:
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        if mode == "w":
+            fh: IO[str] | IO[bytes] = os.fdopen(fd, "w", encoding=encoding, newline="\n")
+        else:
+            fh = os.fdopen(fd, "wb")
+        with fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb", overwrite=overwrite) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> None:
+    """Write ``text`` (UTF-8, ``\\n`` newlines) to ``path`` atomically."""
+    with atomic_open(path, "w", overwrite=overwrite) as fh:
+        fh.write(text)
+
+
+def sweep_temp_files(folder: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Remove temp files left by killed writers in ``folder`` (for ``name`` only, if given)."""
+    removed: list[Path] = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    prefix = f".{name}{TEMP_MARKER}" if name else "."
+    for entry in root.iterdir():
+        if entry.name.startswith(prefix) and TEMP_MARKER in entry.name and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,207 @@
+"""Configs, template, manifests, atomic IO, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gptmed.core import (
+    DEFAULT_TEMPLATE,
+    SPECIAL_IDS,
+    BundleManifest,
+    CheckpointManifest,
+    ConfigError,
+    DatasetManifest,
+    GenerationConfig,
+    ManifestError,
+    ModelConfig,
+    atomic_open,
+    atomic_write_text,
+    check_compatible,
+    get_config,
+    get_medium_config,
+    get_small_config,
+    get_tiny_config,
+    sha256_file,
+    sweep_temp_files,
+)
+
+
+@pytest.mark.parametrize(
+    ("builder", "target"), [(get_tiny_config, 2e6), (get_small_config, 10e6), (get_medium_config, 50e6)]
+)
+def test_presets_are_within_15_percent_of_their_size(builder, target: float) -> None:
+    config = builder()
+    assert config.vocab_size == 8000 and config.max_seq_len == 512
+    assert abs(config.num_parameters() - target) / target < 0.15
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"d_model": 100, "n_heads": 3}, r"d_model \(100\) must be divisible by n_heads \(3\)"),
+        ({"vocab_size": 0}, "vocab_size must be a positive integer, got 0"),
+        ({"dropout": 1.5}, r"dropout must be in \[0, 1\), got 1.5"),
+        ({"d_model": 12, "n_heads": 4}, "RoPE needs an even head dim"),
+        ({"max_seq_len": True}, "max_seq_len must be a positive integer"),
+    ],
+)
+def test_model_config_errors_name_the_numbers(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_manual_model_config_and_unknown_size() -> None:
+    config = ModelConfig(
+        vocab_size=8000,
+        d_model=512,
+        n_layers=8,
+        n_heads=8,
+        d_ff=2048,
+        max_seq_len=512,
+        dropout=0.1,
+        use_rope=True,
+    )
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="unknown model size 'huge'"):
+        get_config("huge")
+    with pytest.raises(ConfigError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({**config.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": math.nan}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_length": 0}, "max_length"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"stop": "\nQ:"}, "stop"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+def test_generation_config_errors_name_the_parameter(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        GenerationConfig(**kwargs)
+
+
+def test_generation_config_roundtrip() -> None:
+    config = GenerationConfig(temperature=0.0, stop=["\nQ:", "###"], seed=3)
+    assert config.stop == ("\nQ:", "###")
+    assert GenerationConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_template_renders_the_architecture_format() -> None:
+    assert DEFAULT_TEMPLATE.render_prompt("Why?") == "Q: Why?\nA:"
+    assert DEFAULT_TEMPLATE.render_pair("Why?", "Because.") == "Q: Why?\nA: Because."
+    assert (SPECIAL_IDS.pad, SPECIAL_IDS.unk, SPECIAL_IDS.bos, SPECIAL_IDS.eos) == (0, 1, 2, 3)
+
+
+def _manifests() -> list:
+    cfg = get_tiny_config()
+    return [
+        DatasetManifest(
+            tokenizer_sha256="ab" * 32,
+            vocab_size=8000,
+            max_length=512,
+            stride=512,
+            train_sequences=10,
+            val_sequences=2,
+            train_pairs=90,
+            val_pairs=10,
+            input_sha256="cd" * 32,
+            seed=42,
+            train_split=0.9,
+            dtype="uint16",
+            files={"train": "train.npy"},
+            extra={"note": "ü"},
+        ),
+        CheckpointManifest(model_config=cfg, step=5, epoch=1, training_config={"lr": 3e-4}),
+        BundleManifest(
+            model_config=cfg, files={"model.onnx": "00" * 32}, inputs=["input_ids"], outputs=["logits"]
+        ),
+    ]
+
+
+@pytest.mark.parametrize("manifest", _manifests(), ids=lambda m: type(m).__name__)
+def test_manifests_roundtrip_through_json_files(tmp_path: Path, manifest) -> None:
+    path = tmp_path / "m.json"
+    manifest.save(path)
+    assert type(manifest).load(path) == manifest
+    data = json.loads(path.read_text())
+    assert data["format"] == manifest.FORMAT and data["version"] == 1
+
+
+def test_manifest_errors(tmp_path: Path) -> None:
+    ds = _manifests()[0]
+    with pytest.raises(ManifestError, match="version 2 is not supported"):
+        DatasetManifest.from_dict({**ds.to_dict(), "version": 2})
+    with pytest.raises(ManifestError, match="format is 'gptmed.bundle'"):
+        DatasetManifest.from_dict({**ds.to_dict(), "format": "gptmed.bundle"})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        DatasetManifest.load(tmp_path / "bad.json")
+    with pytest.raises(ManifestError, match="file not found"):
+        DatasetManifest.load(tmp_path / "missing.json")
+
+
+def test_check_compatible_names_both_values() -> None:
+    ds = _manifests()[0]
+    ck = CheckpointManifest(model_config=get_tiny_config(), step=1, epoch=0, tokenizer_sha256="ef" * 32)
+    with pytest.raises(
+        ManifestError, match="tokenizer_sha256: metadata.json has 'abab.*checkpoint has 'efef"
+    ):
+        check_compatible(ds, "metadata.json", ck, "checkpoint")
+    check_compatible(ds, "a", CheckpointManifest(model_config=get_tiny_config(), step=1, epoch=0), "b")
+
+
+def test_atomic_open_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "file.bin"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_open(target, "wb") as fh:
+        fh.write(b"new partial")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
+
+
+def test_sweep_removes_stale_temp_files(tmp_path: Path) -> None:
+    (tmp_path / ".ckpt.pt.tmp-abc").write_text("stale")
+    (tmp_path / "ckpt.pt").write_text("good")
+    assert [p.name for p in sweep_temp_files(tmp_path, "ckpt.pt")] == [".ckpt.pt.tmp-abc"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "x") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_core_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys; before = set(sys.modules); import gptmed.core; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "bad = sorted(m for m in new if m not in sys.stdlib_module_names and m != 'gptmed'); "
+        "print(bad); sys.exit(bool(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_errors_prints_one_line_and_exits_1(tmp_path: Path) -> None:
+    code = (
+        "from gptmed.core import cli_errors, DataError\n"
+        "with cli_errors(debug=False):\n"
+        "    raise DataError('bad record', where='qa.txt:3', hint='fix it')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == "Error: qa.txt:3: bad record; fix it\n"
