@@ -17,7 +17,9 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
+# --no-compile: byte-compiling all of torch at install time costs ~50 s per session on 2 cores;
+# Python compiles the modules it actually imports on first use.
+PIP_ARGS = ("--no-compile", "-c", str(ROOT / "constraints.txt"))
 ARTIFACTS = ROOT / ".nox" / "_artifacts"
 
 nox.options.default_venv_backend = "venv"
@@ -80,7 +82,7 @@ def _install_local(
         pkg = PACKAGES[name]
         ex = [e for e in extras.get(name, ()) if _has_extra(pkg, e)]
         specs.append(f"{pkg.path}[{','.join(ex)}]" if ex else str(pkg.path))
-    session.install(*CONSTRAINTS, *specs)
+    session.install(*PIP_ARGS, *specs)
 
 
 def _has_extra(pkg: Package, extra: str) -> bool:
@@ -94,7 +96,7 @@ def lint(session: nox.Session) -> None:
     bad = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("packages/*/src/gptmed/__init__.py"))
     if bad:
         session.error(f"namespace folder must stay empty (PEP 420), remove: {bad}")
-    session.install("ruff==0.17.6")
+    session.install("--no-compile", "ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -103,7 +105,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy: strict for gptmed-core, checked for the rest."""
     _install_local(session, _closure(PRESENT))
-    session.install(*CONSTRAINTS, "mypy==2.4.1", "numpy")
+    session.install(*PIP_ARGS, "mypy==2.4.1", "numpy")
     targets = [str(PACKAGES[n].path / "src") for n in PRESENT]
     session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"), *targets)
 
@@ -112,7 +114,7 @@ def typecheck(session: nox.Session) -> None:
 def layers(session: nox.Session) -> None:
     """import-linter contracts of ARCHITECTURE.md section 1 (root pyproject.toml)."""
     _install_local(session, _closure(PRESENT))
-    session.install(*CONSTRAINTS, "import-linter==2.17")
+    session.install(*PIP_ARGS, "import-linter==2.17")
     session.run("lint-imports", "--config", str(ROOT / "pyproject.toml"), "--no-cache")
 
 
@@ -131,7 +133,7 @@ def tests(session: nox.Session, pkg: str) -> None:
 def integration(session: nox.Session) -> None:
     """End to end across packages (integration_tests/), CPU, small data the tests make."""
     _install_local(session, _closure(PRESENT), {"infer": ("export",)})
-    session.install(*CONSTRAINTS, "pytest", "hypothesis")
+    session.install(*PIP_ARGS, "pytest", "hypothesis")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     env = {"PYTHONHASHSEED": "0", "GPTMED_ARTIFACTS": str(ARTIFACTS)}
     session.run(
@@ -144,7 +146,7 @@ def wheels(session: nox.Session) -> None:
     """Build every package; install gptmed-infer from its wheel without torch; answer from a bundle."""
     dist = ROOT / ".nox" / "_dist"
     shutil.rmtree(dist, ignore_errors=True)
-    session.install("build==1.6.1")
+    session.install("--no-compile", "build==1.6.1")
     for name in PRESENT:
         session.run(
             "python", "-m", "build", "--wheel", "--outdir", str(dist), str(PACKAGES[name].path), silent=True
@@ -154,19 +156,39 @@ def wheels(session: nox.Session) -> None:
     if "infer" not in PRESENT:
         session.log("gptmed-infer is not in the tree yet: nothing more to check")
         return
-    # A fresh environment: gptmed-infer and its gptmed dependencies from the wheels just built.
-    session.install("--find-links", str(dist), "gptmed-infer")
-    session.run(
-        "python", "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
+    # A fresh environment: gptmed-infer and its gptmed dependencies from the wheels just built
+    # (by file, so no package index can substitute another build), third-party deps from PyPI.
+    wheels_of = {w.name.split("-")[0]: w for w in dist.glob("*.whl")}
+    session.install(
+        "--no-compile", *(str(wheels_of[n]) for n in ("gptmed_core", "gptmed_tokenizer", "gptmed_infer"))
     )
+    session.run("python", "-c", _NO_TORCH)
     bundle = ARTIFACTS / "bundle"
     if not (bundle / "gptmed.json").exists():
         session.error(f"no bundle at {bundle}: run `nox -s integration` first (it exports one)")
-    session.run(
-        "python",
-        str(ROOT / "packages" / "gptmed-infer" / "tests_wheel" / "check_wheel_install.py"),
-        str(bundle),
-    )
+    check = ROOT / "packages" / "gptmed-infer" / "tests_wheel" / "check_wheel_install.py"
+    session.run("python", str(check), str(bundle))
+    if "gptmed" in PRESENT:
+        # The umbrella command on an infer-only install lists only what is installed.
+        session.install("--no-compile", "--no-deps", str(wheels_of["gptmed"]))
+        session.run("python", "-c", _INFER_ONLY_HELP)
+
+
+_NO_TORCH = """
+import importlib.util, sys
+if importlib.util.find_spec("torch") is not None:
+    sys.exit("torch is importable in the gptmed-infer wheel environment")
+print("torch is not installed: ok")
+"""
+
+_INFER_ONLY_HELP = """
+import subprocess, sys
+out = subprocess.run(["gptmed", "--help"], capture_output=True, text=True, check=True).stdout
+names = {line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()}
+assert {"generate", "infer", "tokenizer"} <= names, names
+assert not names & {"train", "model", "data"}, names
+print("gptmed --help on an infer-only install lists:", sorted(names))
+"""
 
 
 @nox.session
@@ -181,7 +203,7 @@ def quickstart(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every benchmark in bench/ (side by side with its anchor); not in the default run."""
     _install_local(session, _closure(PRESENT), {"infer": ("export",)})
-    session.install(*CONSTRAINTS, "transformers", "tokenizers", "pandas", "psutil")
+    session.install(*PIP_ARGS, "transformers", "tokenizers", "pandas", "psutil")
     for script in sorted((ROOT / "bench").glob("*.py")):
         session.run("python", str(script), *session.posargs)
 
