@@ -1,6 +1,6 @@
 """gptmed-core: the interface types every gptmed component shares (standard library only)."""
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from gptmed.core.config import (
     PRESETS,
@@ -34,10 +34,18 @@ from gptmed.core.protocols import AnswerGenerator, Tokenizer
 from gptmed.core.qa import QAPair, format_pair, iter_qa_lines, normalize_text, read_qa_text, write_qa_text
 from gptmed.core.template import DEFAULT_STOP, DEFAULT_TEMPLATE, SPECIAL_IDS, PromptTemplate, SpecialIds
 
-try:
-    __version__ = version("gptmed-core")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> Any:
+    # Lazy: importlib.metadata pulls in the email package, ~25 ms of every CLI's start-up.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("gptmed-core")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            return "0.0.0"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_STOP",

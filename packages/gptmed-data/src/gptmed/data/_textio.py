@@ -1,0 +1,121 @@
+"""Opening input files as text: gzip, BOM handling, UTF-16 sniffing, decode errors with offsets.
+
+Decoding runs in C (``io.TextIOWrapper``, strict errors). When it fails, the file is scanned
+again in binary to name the line and byte offset of the first bad byte; bytes are never dropped
+silently (no ``errors="ignore"``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import os
+from pathlib import Path
+from typing import IO, cast
+
+from gptmed.core import DataError
+
+__all__ = ["decode_error", "open_binary", "open_text"]
+
+_ENCODING_HINT = (
+    "pass --encoding (e.g. --encoding latin-1 or --encoding utf-16), or convert the file to UTF-8"
+)
+
+
+def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open ``path`` for binary reading; ``.gz`` files are decompressed on the fly."""
+    p = Path(path)
+    if p.suffix.lower() == ".gz":
+        return cast(IO[bytes], gzip.open(p, "rb"))
+    return open(p, "rb")
+
+
+def _codec_name(encoding: str) -> str:
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(
+            f"unknown encoding {encoding!r}", hint="pass a Python codec name such as utf-8, latin-1, utf-16"
+        ) from None
+
+
+def _sniff(raw: IO[bytes], source: str, codec: str) -> None:
+    """Refuse UTF-16/32 input read as UTF-8 with a precise hint (the head is peeked, not consumed)."""
+    if codec != "utf-8":
+        return
+    head = raw.peek(4096)[:4096] if hasattr(raw, "peek") else b""  # BufferedReader and GzipFile peek
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        bom = "FF FE" if head.startswith(codecs.BOM_UTF16_LE) else "FE FF"
+        raise DataError(
+            f"not valid UTF-8: the file starts with a UTF-16 byte-order mark ({bom}) at byte offset 0",
+            where=f"{source}:1",
+            hint="pass --encoding utf-16",
+        )
+    if len(head) >= 16 and head.count(b"\x00") * 4 >= len(head):
+        first = head.index(b"\x00")
+        endian = "le" if first % 2 == 1 else "be"
+        raise DataError(
+            f"not valid UTF-8 text: NUL bytes at every other position from byte offset {first} "
+            "(UTF-16 without a byte-order mark?)",
+            where=f"{source}:1",
+            hint=f"pass --encoding utf-16-{endian}",
+        )
+
+
+def open_text(path: str | os.PathLike[str], encoding: str = "utf-8", newline: str | None = None) -> IO[str]:
+    """Open ``path`` as text with strict decoding; a UTF-8 BOM is stripped.
+
+    ``newline=None`` turns CRLF and CR into LF (universal newlines); ``newline=""`` keeps line
+    endings for the csv module. Decoding errors surface as ``UnicodeDecodeError`` while
+    iterating; :func:`decode_error` turns one into a :class:`DataError` with line and offset.
+    """
+    codec = _codec_name(encoding)
+    raw = open_binary(path)
+    try:
+        _sniff(raw, str(path), codec)
+    except BaseException:
+        raw.close()
+        raise
+    text_codec = "utf-8-sig" if codec == "utf-8" else encoding
+    return io.TextIOWrapper(raw, encoding=text_codec, errors="strict", newline=newline)
+
+
+def decode_error(path: str | os.PathLike[str], encoding: str) -> DataError:
+    """Locate the first byte of ``path`` that is not valid ``encoding``: line and byte offset."""
+    codec = _codec_name(encoding)
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if codec == "utf-8" else encoding)(errors="strict")
+    offset = 0
+    line = 1
+    prev_cr = False
+    with open_binary(path) as fh:
+        while True:
+            chunk = fh.read(1 << 16)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                # ``exc.start`` indexes the bytes handed to this call; pending bytes of an
+                # incomplete sequence from the previous chunk can make it negative.
+                bad = max(exc.start, 0)
+                before = chunk[:bad]
+                line += _count_lines(before, prev_cr)
+                value = exc.object[exc.start] if 0 <= exc.start < len(exc.object) else chunk[bad]
+                return DataError(
+                    f"not valid {encoding}: byte 0x{value:02x} at byte offset {offset + bad}",
+                    where=f"{path}:{line}",
+                    hint=_ENCODING_HINT,
+                )
+            if not chunk:
+                break
+            line += _count_lines(chunk, prev_cr)
+            prev_cr = chunk.endswith(b"\r")
+            offset += len(chunk)
+    return DataError(f"not valid {encoding}", where=str(path), hint=_ENCODING_HINT)  # pragma: no cover
+
+
+def _count_lines(data: bytes, prev_cr: bool) -> int:
+    """Line breaks in ``data`` (LF, CRLF or lone CR), for error positions."""
+    n = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+    if prev_cr and data.startswith(b"\n"):
+        n -= 1
+    return n

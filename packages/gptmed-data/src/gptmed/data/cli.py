@@ -1,0 +1,333 @@
+"""The ``gptmed-data`` command: thin click wrappers over the library functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from gptmed.core import cli_errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_FORMATS = ("txt", "json", "jsonl", "csv", "tsv", "sqlite", "parquet")
+
+
+def _debug_option(f: F) -> F:
+    return click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")(f)
+
+
+def _input_options(f: F) -> F:
+    """The options that say how to read an input file (shared by convert/validate/stats/split)."""
+    options = [
+        click.option(
+            "--format",
+            "format_",
+            type=click.Choice(_FORMATS),
+            help="Input format (default: from the file name, else its content).",
+        ),
+        click.option(
+            "--question-field",
+            help="Field/column holding the question (default: question, q, input, prompt, query, instruction).",
+        ),
+        click.option(
+            "--answer-field",
+            help="Field/column holding the answer (default: answer, a, output, response, completion, reply).",
+        ),
+        click.option(
+            "--table", help="SQLite: the table to read (default: the one table with question/answer columns)."
+        ),
+        click.option("--query", help="SQLite: a SELECT whose result columns hold the question and answer."),
+        click.option("--records-key", help="JSON: read the list under this key of a top-level object."),
+        click.option(
+            "--encoding",
+            default="utf-8",
+            show_default=True,
+            help="Text encoding of the input (decoding is strict).",
+        ),
+        click.option(
+            "--skip-invalid",
+            is_flag=True,
+            help="Skip and count invalid records instead of stopping at the first.",
+        ),
+        click.option(
+            "--unicode-normalize", type=click.Choice(["NFC", "NFKC"]), help="Unicode-normalise both fields."
+        ),
+        click.option(
+            "--max-field-chars",
+            type=click.IntRange(min=1),
+            default=1_000_000,
+            show_default=True,
+            help="CSV/TSV: longest field accepted.",
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _read_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "question_field",
+        "answer_field",
+        "table",
+        "query",
+        "records_key",
+        "encoding",
+        "skip_invalid",
+        "unicode_normalize",
+        "max_field_chars",
+    )
+    out = {k: kw.pop(k) for k in keys}
+    out["format"] = kw.pop("format_")
+    return out
+
+
+def _progress() -> Callable[[int], None] | None:
+    """A records-read counter on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(n: int) -> None:
+        click.echo(f"\r  {n:,} records read", nl=False, err=True)
+
+    return show
+
+
+def _setup(ctx: click.Context, debug: bool) -> bool:
+    debug = debug or bool(ctx.obj and ctx.obj.get("debug"))
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    return debug
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gptmed-data", prog_name="gptmed-data")
+@_debug_option
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Convert, check, clean, count and split Q&A data for gptmed."""
+    ctx.obj = {"debug": debug}
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file (.txt canonical Q&A text, .jsonl JSON lines).",
+)
+@click.option(
+    "--output-format",
+    type=click.Choice(["txt", "jsonl"]),
+    help="Output format (default: from the -o extension).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--dedupe",
+    type=click.Choice(["none", "exact", "normalized"]),
+    default="none",
+    show_default=True,
+    help="Drop duplicate pairs.",
+)
+@click.option("--min-answer-words", type=click.IntRange(min=0), help="Drop answers with fewer words.")
+@click.option("--max-answer-words", type=click.IntRange(min=0), help="Drop answers with more words.")
+@click.option("--min-answer-chars", type=click.IntRange(min=0), help="Drop answers with fewer characters.")
+@click.option("--max-answer-chars", type=click.IntRange(min=0), help="Drop answers with more characters.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_input_options
+@_debug_option
+@click.pass_context
+def convert(ctx: click.Context, /, input: Path, output: Path, debug: bool, as_json: bool, **kw: Any) -> None:
+    """Convert INPUT (txt, json, jsonl, csv, tsv, sqlite) to canonical Q&A text or JSONL."""
+    from gptmed.data.conversion import convert as run
+
+    with cli_errors(_setup(ctx, debug)):
+        try:
+            read = _read_kwargs(kw)
+            show = _progress()
+            try:
+                report = run(input, output, progress=show, **read, **kw)
+            finally:
+                if show is not None:
+                    click.echo("\r" + " " * 40 + "\r", nl=False, err=True)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--max-problems",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="List at most this many invalid records.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_input_options
+@_debug_option
+@click.pass_context
+def validate(
+    ctx: click.Context, /, file: Path, debug: bool, as_json: bool, max_problems: int, **kw: Any
+) -> None:
+    """Check FILE; list invalid records with their line/record numbers. Exit 1 on any error."""
+    from gptmed.data.stats import validate as run
+
+    with cli_errors(_setup(ctx, debug)):
+        opts = _read_kwargs(kw)
+        opts.pop("skip_invalid")
+        report = run(file, max_problems=max_problems, **opts)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@_input_options
+@_debug_option
+@click.pass_context
+def stats(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: Any) -> None:
+    """Pairs, length percentiles (words), duplicates, empty, short (<10 words) and long (>500) answers."""
+    from gptmed.data.stats import compute_stats
+
+    with cli_errors(_setup(ctx, debug)):
+        opts = _read_kwargs(kw)
+        opts.pop("skip_invalid")
+        report = compute_stats(file, **opts)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for train/val/test files.",
+)
+@click.option(
+    "--val",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Fraction of questions for val.",
+)
+@click.option(
+    "--test",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Fraction of questions for test.",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Shuffle seed.")
+@click.option("--output-format", type=click.Choice(["txt", "jsonl"]), default="txt", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing split files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_input_options
+@_debug_option
+@click.pass_context
+def split(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: Any) -> None:
+    """Split FILE into train/val/test by normalised question (no question in two splits)."""
+    from gptmed.data.splitting import split as run
+
+    with cli_errors(_setup(ctx, debug)):
+        try:
+            read = _read_kwargs(kw)
+            report = run(file, kw.pop("out_dir"), **read, **kw)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+
+
+@main.command()
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Training pairs (canonical Q&A text).",
+)
+@click.option(
+    "--facts", type=click.IntRange(min=1), default=200, show_default=True, help="Number of invented facts."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--heldout-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Held-out phrasings (canonical Q&A text).",
+)
+@click.option(
+    "--phrasings", type=click.IntRange(1, 5), default=4, show_default=True, help="Phrasings per fact."
+)
+@click.option(
+    "--heldout-per-fact",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Phrasings per fact held out.",
+)
+@click.option("--overwrite", is_flag=True)
+@_debug_option
+@click.pass_context
+def synth(
+    ctx: click.Context,
+    out: Path,
+    facts: int,
+    seed: int,
+    heldout_out: Path | None,
+    phrasings: int,
+    heldout_per_fact: int,
+    overwrite: bool,
+    debug: bool,
+) -> None:
+    """Generate a deterministic, learnable fact Q&A set (invented places and attributes)."""
+    from gptmed.data.synthetic import synth as run
+
+    with cli_errors(_setup(ctx, debug)):
+        try:
+            data = run(facts, seed, phrasings_per_fact=phrasings, heldout_per_fact=heldout_per_fact)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        data.write(out, heldout_out, overwrite=overwrite)
+    held = f", {len(data.heldout)} held-out pairs -> {heldout_out}" if heldout_out else ""
+    click.echo(f"{len(data.facts)} facts: {len(data.train)} training pairs -> {out}{held}")
+
+
+@main.command()
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Copy the sample to this file."
+)
+@click.option("--info", is_flag=True, help="Print the number of pairs and the license.")
+@click.option("--path", "show_path", is_flag=True, help="Print the path of the embedded sample.")
+@click.option("--overwrite", is_flag=True)
+@_debug_option
+@click.pass_context
+def sample(
+    ctx: click.Context, output: Path | None, info: bool, show_path: bool, overwrite: bool, debug: bool
+) -> None:
+    """The embedded sample dataset: copy it out (-o FILE), --info, or --path."""
+    from gptmed.data.sample import copy_sample, sample_info, sample_path
+
+    if not (output or info or show_path):
+        raise click.UsageError("pass -o FILE, --info or --path")
+    with cli_errors(_setup(ctx, debug)):
+        if show_path:
+            click.echo(str(sample_path()))
+        if info:
+            click.echo(sample_info().to_text())
+        if output:
+            copy_sample(output, overwrite=overwrite)
+            click.echo(f"copied the sample to {output}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

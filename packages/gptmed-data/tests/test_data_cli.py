@@ -1,0 +1,193 @@
+"""The gptmed-data command: exit codes, one-line errors, reports, and the manual's snippets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from data_testutil import PAIRS, canonical, jsonl, make_sqlite, read_pairs
+from gptmed.core import QAPair
+
+ROWS = [{"question": p.question, "answer": p.answer} for p in PAIRS]
+
+
+def test_version_and_help(cli):
+    result = cli("--version")
+    assert result.exit_code == 0 and "gptmed-data, version 0.1.0" in result.output
+    for cmd in ("convert", "validate", "stats", "split", "synth", "sample"):
+        result = cli(cmd, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output, cmd
+
+
+def test_manual_json_snippet_is_one_command(cli, tmp_path):
+    # USER_MANUAL 1.2: json.load + f.write loop over item['question'] / item['answer'].
+    (tmp_path / "qa_data.json").write_text(json.dumps(ROWS, indent=2))
+    result = cli("convert", tmp_path / "qa_data.json", "-o", tmp_path / "qa_data.txt")
+    assert result.exit_code == 0, result.output
+    assert "pairs written             3" in result.output
+    assert read_pairs(tmp_path / "qa_data.txt") == PAIRS
+
+
+def test_manual_csv_snippet_is_one_command(cli, tmp_path):
+    (tmp_path / "qa_data.csv").write_text(
+        "question,answer\n" + "".join(f'"{r["question"]}","{r["answer"]}"\n' for r in ROWS)
+    )
+    result = cli("convert", tmp_path / "qa_data.csv", "-o", tmp_path / "qa_data.txt")
+    assert result.exit_code == 0, result.output
+    assert read_pairs(tmp_path / "qa_data.txt") == PAIRS
+
+
+def test_manual_sqlite_snippet_is_one_command(cli, tmp_path):
+    db = make_sqlite(tmp_path / "qa_database.db", [(p.question, p.answer) for p in PAIRS])
+    result = cli("convert", db, "-o", tmp_path / "qa_data.txt", "--table", "qa_table")
+    assert result.exit_code == 0, result.output
+    assert read_pairs(tmp_path / "qa_data.txt") == PAIRS
+    result = cli("convert", db, "-o", tmp_path / "q2.txt", "--query", "SELECT question, answer FROM qa_table")
+    assert result.exit_code == 0, result.output
+    assert read_pairs(tmp_path / "q2.txt") == PAIRS
+
+
+def test_bad_input_is_one_line_error_exit_1(cli, tmp_path):
+    (tmp_path / "bad.jsonl").write_text(jsonl(ROWS) + "{oops\n")
+    result = cli("convert", tmp_path / "bad.jsonl", "-o", tmp_path / "out.txt")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "bad.jsonl:4" in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_skip_invalid_report(cli, tmp_path):
+    (tmp_path / "bad.jsonl").write_text(jsonl(ROWS) + "{oops\n")
+    result = cli("convert", tmp_path / "bad.jsonl", "-o", tmp_path / "out.txt", "--skip-invalid", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["written"] == 3 and report["invalid"] == {"bad_json": 1} and report["skipped"] == 1
+
+
+def test_existing_output_needs_overwrite(cli, tmp_path):
+    (tmp_path / "in.txt").write_text(canonical(PAIRS))
+    (tmp_path / "out.txt").write_text("keep")
+    result = cli("convert", tmp_path / "in.txt", "-o", tmp_path / "out.txt")
+    assert result.exit_code == 1 and "--overwrite" in result.stderr
+    assert (tmp_path / "out.txt").read_text() == "keep"
+    assert cli("convert", tmp_path / "in.txt", "-o", tmp_path / "out.txt", "--overwrite").exit_code == 0
+
+
+def test_missing_input_file(cli, tmp_path):
+    result = cli("convert", tmp_path / "nope.csv", "-o", tmp_path / "out.txt")
+    assert result.exit_code == 1 and "no such file" in result.stderr
+
+
+def test_usage_errors_exit_2(cli, tmp_path):
+    (tmp_path / "in.txt").write_text(canonical(PAIRS))
+    assert cli("convert", tmp_path / "in.txt").exit_code == 2  # no -o
+    assert cli("convert", tmp_path / "in.txt", "-o", tmp_path / "o.txt", "--dedupe", "fuzzy").exit_code == 2
+    result = cli(
+        "convert",
+        tmp_path / "in.txt",
+        "-o",
+        tmp_path / "o.txt",
+        "--min-answer-words",
+        "9",
+        "--max-answer-words",
+        "3",
+    )
+    assert result.exit_code == 2 and "greater than" in result.output
+    assert cli("sample").exit_code == 2
+
+
+def test_debug_shows_traceback(cli, tmp_path):
+    from gptmed.core import DataError
+
+    (tmp_path / "e.txt").write_text("")
+    with pytest.raises(DataError):
+        cli("--debug", "convert", tmp_path / "e.txt", "-o", tmp_path / "o.txt")
+
+
+def test_validate_exit_codes(cli, tmp_path):
+    (tmp_path / "ok.txt").write_text(canonical(PAIRS))
+    assert cli("validate", tmp_path / "ok.txt").exit_code == 0
+    (tmp_path / "bad.txt").write_text("Q: no answer\n\nQ: fine?\nA: yes.\n")
+    result = cli("validate", tmp_path / "bad.txt")
+    assert result.exit_code == 1 and "bad.txt:1: question without an answer" in result.output
+    result = cli("validate", tmp_path / "bad.txt", "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["ok"] is False
+
+
+def test_stats_json(cli, tmp_path):
+    (tmp_path / "in.txt").write_text(canonical(PAIRS))
+    result = cli("stats", tmp_path / "in.txt", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["pairs"] == 3 and data["answer_words"]["min"] == 11
+
+
+def test_split_cli(cli, tmp_path):
+    (tmp_path / "in.txt").write_text(canonical([QAPair(f"Q{i}?", f"A{i}.") for i in range(20)]))
+    result = cli(
+        "split",
+        tmp_path / "in.txt",
+        "--out-dir",
+        tmp_path / "d",
+        "--val",
+        "0.1",
+        "--test",
+        "0.1",
+        "--seed",
+        "42",
+    )
+    assert result.exit_code == 0, result.output
+    assert [len(read_pairs(tmp_path / "d" / f"{n}.txt")) for n in ("train", "val", "test")] == [16, 2, 2]
+
+
+def test_synth_cli(cli, tmp_path):
+    result = cli(
+        "synth",
+        "--out",
+        tmp_path / "f.txt",
+        "--facts",
+        "20",
+        "--seed",
+        "7",
+        "--heldout-out",
+        tmp_path / "h.txt",
+    )
+    assert result.exit_code == 0, result.output
+    assert len(read_pairs(tmp_path / "f.txt")) == 60 and len(read_pairs(tmp_path / "h.txt")) == 20
+    again = cli("synth", "--out", tmp_path / "g.txt", "--facts", "20", "--seed", "7")
+    assert again.exit_code == 0
+    assert (tmp_path / "f.txt").read_bytes() == (tmp_path / "g.txt").read_bytes()
+
+
+def test_sample_cli(cli, tmp_path):
+    from gptmed.data import sample_path
+
+    result = cli("sample", "-o", tmp_path / "s.txt")
+    assert result.exit_code == 0
+    assert (tmp_path / "s.txt").read_bytes() == sample_path().read_bytes()
+    result = cli("sample", "--info")
+    assert result.exit_code == 0 and "Q&A pairs" in result.output and "license" in result.output
+    assert cli("sample", "-o", tmp_path / "s.txt").exit_code == 1
+
+
+def test_console_script_runs(tmp_path):
+    (tmp_path / "in.jsonl").write_text(jsonl(ROWS))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptmed.data.cli",
+            "convert",
+            str(tmp_path / "in.jsonl"),
+            "-o",
+            str(tmp_path / "o.txt"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_pairs(Path(tmp_path / "o.txt")) == PAIRS
