@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# gptmed-model GPU check: the gpu-marked parity tests and both GPU benchmarks, in < 5 minutes.
+#
+#   bash bench/gpu_check.sh            # results in $OUT (or ./gpu_check_results), logs on stdout
+#
+# On a CUDA machine: (1) pytest -m gpu (Triton kernel vs math in bf16/fp16/fp32, model under the
+# fused backend), (2) bench/attention.py (Triton vs SDPA flash, fwd and fwd+bwd, bf16, D=64/128,
+# T=512..8192, plus decode), (3) medium-model bf16 torch.compile training step (fused, then sdpa).
+# Without CUDA it runs the CPU path: the kernel parity tests under the Triton interpreter and
+# tiny smoke versions of both benchmarks (to prove the script works; those timings mean nothing).
+# Needs: python with torch (+CUDA build on the GPU box), triton, pytest. No install step: the
+# sources are put on PYTHONPATH.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+export PYTHONPATH="$PWD/packages/gptmed-core/src:$PWD/packages/gptmed-model/src${PYTHONPATH:+:$PYTHONPATH}"
+RES="${OUT:-$PWD/gpu_check_results}"
+mkdir -p "$RES"
+status=0
+step() {  # step NAME TIMEOUT_S CMD...
+  local name="$1" limit="$2"; shift 2
+  echo "=== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee "$RES/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: rc=$rc in $((SECONDS - t0))s"
+  [ "$rc" -eq 0 ] || status=1
+}
+"$PY" - <<'PY' | tee "$RES/env.txt"
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+try:
+    import triton; print("triton", triton.__version__)
+except Exception as e:
+    print("triton missing:", e)
+PY
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  # time limits sum to < 300 s; the sdpa comparison runs only if time is left
+  step gpu_tests 90 "$PY" -m pytest packages/gptmed-model/tests -m gpu -q -p no:cacheprovider
+  step attention_bench 80 "$PY" bench/attention.py --json "$RES/attention.json"
+  step train_medium_fused 80 "$PY" bench/train_step.py --device cuda --bf16 --compile --no-hf \
+       --model-size medium --batch-size 32 --seq-len 512 --steps 10 --dropout 0.0 --attention fused --json
+  left=$((285 - SECONDS))
+  if [ "$left" -gt 45 ]; then
+    step train_medium_sdpa "$left" "$PY" bench/train_step.py --device cuda --bf16 --compile --no-hf \
+         --model-size medium --batch-size 32 --seq-len 512 --steps 10 --dropout 0.0 --attention sdpa --json
+  else
+    echo "=== train_medium_sdpa skipped: ${left}s left"
+  fi
+else
+  echo "no CUDA: CPU path (interpreter parity tests, smoke benchmarks)"
+  step kernel_tests_interpreter 120 env TRITON_INTERPRET=1 "$PY" -m pytest \
+       packages/gptmed-model/tests/test_triton_kernel.py -q -p no:cacheprovider
+  step attention_bench 60 "$PY" bench/attention.py --json "$RES/attention.json"
+  step train_tiny_cpu 60 "$PY" bench/train_step.py --no-hf --model-size tiny --batch-size 2 \
+       --seq-len 64 --steps 2 --json
+fi
+echo "results in $RES"
+exit $status

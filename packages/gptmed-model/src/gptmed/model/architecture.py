@@ -1,0 +1,373 @@
+"""``GPTTransformer``: a pre-norm GPT decoder (nanoGPT's shape, with RoPE and a KV cache).
+
+Shapes use one vocabulary: B batch, T new tokens, P cached (past) tokens, S = P + T keys,
+C = d_model, nh heads, hs = head_dim = C // nh, V vocab.
+
+State-dict keys (stable: checkpoints and the ONNX exporter rely on them)::
+
+    tok_emb.weight                       (V, C)   also the output projection (tied)
+    pos_emb.weight                       (max_seq_len, C)   only when use_rope=False
+    blocks.{i}.ln1.weight / .bias        (C,)
+    blocks.{i}.attn.qkv.weight / .bias   (3C, C) / (3C,)   rows: [q heads | k heads | v heads]
+    blocks.{i}.attn.proj.weight / .bias  (C, C) / (C,)
+    blocks.{i}.ln2.weight / .bias        (C,)
+    blocks.{i}.mlp.fc.weight / .bias     (d_ff, C) / (d_ff,)
+    blocks.{i}.mlp.proj.weight / .bias   (C, d_ff) / (C,)
+    ln_f.weight / .bias                  (C,)
+
+RoPE tables are non-persistent buffers (never in the state dict).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from gptmed.core.config import ModelConfig
+from gptmed.model.attention import attention
+from gptmed.model.loss import linear_cross_entropy
+from gptmed.model.ops import apply_rope, is_tracing, rope
+
+__all__ = ["GPTTransformer", "KVCache", "apply_rope", "clean_state_dict", "rope_tables", "unwrap"]
+
+KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``state_dict`` without ``_orig_mod.`` (torch.compile) / ``module.`` (DDP) prefixes."""
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix) :]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside torch.compile (``_orig_mod``) and DDP/DataParallel (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        inner = getattr(model, "module", None)
+        if isinstance(inner, nn.Module) and type(model).__name__ in (
+            "DistributedDataParallel",
+            "DataParallel",
+            "FullyShardedDataParallel",
+        ):
+            model = inner
+            continue
+        return model
+
+
+def rope_tables(max_seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables, each (max_seq_len, head_dim // 2), float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))  # (hs/2,)
+    t = torch.arange(max_seq_len, dtype=torch.float64)
+    freqs = torch.outer(t, inv_freq)  # (max_seq_len, hs/2)
+    return freqs.cos().float(), freqs.sin().float()
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.head_dim
+        self.use_rope = config.use_rope
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # fused q, k, v
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C)
+        cos: torch.Tensor | None,  # (1 or B, T, 1, 1, hs/2) or None without RoPE
+        sin: torch.Tensor | None,
+        mask: torch.Tensor | None,  # (B, 1, 1, S) bool or None
+        past: tuple[torch.Tensor, torch.Tensor] | None,  # k, v: (B, nh, P, hs)
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)  # (B, T, 3, nh, hs)
+        qk, v = qkv.split((2, 1), dim=2)  # (B, T, 2, nh, hs), (B, T, 1, nh, hs): views
+        if cos is not None and sin is not None:
+            # cast the tables to the activations' dtype (bf16 under autocast: q, k, v must agree)
+            qk = rope(qk, cos.to(qk.dtype), sin.to(qk.dtype))  # q and k rotated in one pass
+        q, k = qk.unbind(2)  # (B, T, nh, hs)
+        v = v.squeeze(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)  # (B, nh, S, hs)
+            v = torch.cat((past[1], v), dim=2)
+        y = attention(q, k, v, causal=True, mask=mask)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_drop(self.proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.d_ff)
+        self.proj = nn.Linear(config.d_ff, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        out: torch.Tensor = self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return out
+
+
+class Block(nn.Module):
+    """Pre-norm: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, present = self.attn(self.ln1(x), cos, sin, mask, past)
+        x = x + a
+        x = x + self.mlp(self.ln2(x))
+        return x, present
+
+
+class GPTTransformer(nn.Module):
+    """GPT decoder: token embedding (+ learned positions or RoPE), ``n_layers`` pre-norm blocks,
+    final LayerNorm, output projection tied to the token embedding."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"GPTTransformer needs a gptmed.core.ModelConfig, got {type(config).__name__}")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = None if config.use_rope else nn.Embedding(config.max_seq_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        if config.use_rope:
+            cos, sin = rope_tables(config.max_seq_len, config.head_dim)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, hs/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        else:
+            self.rope_cos = None
+            self.rope_sin = None
+        self.reset_parameters()
+        self._register_load_state_dict_pre_hook(self._strip_wrapper_prefixes)  # type: ignore[no-untyped-call]
+
+    # -- init ------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 L)."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif ".ln" in name or name.startswith("ln_"):
+                nn.init.ones_(p)
+            elif name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    @staticmethod
+    def _strip_wrapper_prefixes(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for key in list(state_dict):
+            rest = key[len(prefix) :] if key.startswith(prefix) else None
+            if rest is None:
+                continue
+            clean = next(iter(clean_state_dict({rest: None})))
+            if clean != rest:
+                state_dict[prefix + clean] = state_dict.pop(key)
+
+    # -- facts -----------------------------------------------------------------------------------
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Unique parameters (the tied output projection counts once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay on Linear weights; none on biases, LayerNorms and embeddings."""
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_matrix = p.dim() >= 2 and not name.startswith(("tok_emb.", "pos_emb."))
+            (decay if is_matrix else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": float(weight_decay)},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _validate(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
+        past_len: int,
+        targets: torch.Tensor | None,
+    ) -> None:
+        cfg = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be 2-D (batch, seq), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids has 0 tokens; need at least 1")
+        if past_len + T > cfg.max_seq_len:
+            raise ValueError(
+                f"sequence too long: {past_len} cached + {T} new = {past_len + T} tokens "
+                f"> max_seq_len {cfg.max_seq_len}"
+            )
+        if input_ids.numel():
+            lo, hi = torch.aminmax(input_ids)
+            if int(lo) < 0 or int(hi) >= cfg.vocab_size:
+                raise ValueError(
+                    f"token ids must be in [0, {cfg.vocab_size}), got min {int(lo)}, max {int(hi)}"
+                )
+        if position_ids is not None:
+            if tuple(position_ids.shape) != (B, T):
+                raise ValueError(
+                    f"position_ids shape {tuple(position_ids.shape)} != input_ids shape {(B, T)}"
+                )
+            lo, hi = torch.aminmax(position_ids)
+            if int(lo) < 0 or int(hi) >= cfg.max_seq_len:
+                raise ValueError(
+                    f"position_ids must be in [0, {cfg.max_seq_len}), got min {int(lo)}, max {int(hi)}"
+                )
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past_len + T):
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != (batch, past + new) = "
+                f"{(B, past_len + T)}"
+            )
+        if past_key_values is not None:
+            if len(past_key_values) != cfg.n_layers:
+                raise ValueError(
+                    f"past_key_values has {len(past_key_values)} layers, the model has {cfg.n_layers}"
+                )
+            want = (B, cfg.n_heads, past_len, cfg.head_dim)
+            for i, kv in enumerate(past_key_values):
+                if len(kv) != 2 or tuple(kv[0].shape) != want or tuple(kv[1].shape) != want:
+                    shapes = [tuple(t.shape) for t in kv]
+                    raise ValueError(f"past_key_values[{i}] shapes {shapes}, expected (k, v) each {want}")
+        if targets is not None and tuple(targets.shape) != (B, T):
+            raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {(B, T)}")
+
+    # -- forward ---------------------------------------------------------------------------------
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Final-LayerNorm output (B, T, C) and the per-layer (k, v) presents (B, nh, S, hs).
+
+        segment_ids: (B, T) or None. Tokens attend only to tokens of their own segment (packed
+        training rows: one segment per Q&A pair, so no pair sees the pair before it).
+        """
+        B, T = input_ids.shape
+        past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
+        x = self.tok_emb(input_ids)  # (B, T, C)
+        cos = sin = None
+        if self.rope_cos is not None and self.rope_sin is not None:
+            if position_ids is None:
+                cos = self.rope_cos[past_len : past_len + T].view(1, T, 1, 1, -1)  # (1, T, 1, 1, hs/2)
+                sin = self.rope_sin[past_len : past_len + T].view(1, T, 1, 1, -1)
+            else:
+                cos = F.embedding(position_ids, self.rope_cos).unsqueeze(2).unsqueeze(2)  # (B, T, 1, 1, hs/2)
+                sin = F.embedding(position_ids, self.rope_sin).unsqueeze(2).unsqueeze(2)
+        elif self.pos_emb is not None:
+            if position_ids is None:
+                x = x + self.pos_emb.weight[past_len : past_len + T]  # (T, C) broadcast
+            else:
+                x = x + self.pos_emb(position_ids)
+        x = self.drop(x)
+        mask = None
+        if attention_mask is not None:
+            mask = (attention_mask != 0).view(B, 1, 1, -1)  # (B, 1, 1, S) key padding
+        if segment_ids is not None:
+            same = (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)  # (B, 1, T, T)
+            mask = same if mask is None else mask & same
+        presents = []
+        for i, block in enumerate(self.blocks):
+            past = None if past_key_values is None else past_key_values[i]
+            x, present = block(x, cos, sin, mask, past)
+            presents.append(present)
+        return self.ln_f(x), tuple(presents)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        use_cache: bool = False,
+        targets: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> Any:
+        """Logits for every position.
+
+        input_ids: (B, T) int64. position_ids: (B, T), default ``arange(P, P + T)``.
+        attention_mask: (B, P + T) 0/1 or bool, 0 = padded key (left padding); default all ones.
+        past_key_values: ``n_layers`` tuples (k, v), each (B, nh, P, hs).
+
+        Returns logits (B, T, V) float; with ``use_cache`` a pair (logits, presents), presents being
+        ``n_layers`` tuples (k, v) each (B, nh, P + T, hs).
+        With ``targets`` (B, T) int64 (``-100`` = ignore) it returns the mean cross-entropy loss (a
+        scalar) computed in chunks without materialising the logits (faster, less memory); the
+        trainer's path.
+        segment_ids (B, T), training only (no past): attention stays inside each segment, so packed
+        Q&A pairs do not attend to one another (pass position_ids that restart per segment too).
+        """
+        past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
+        if not is_tracing():
+            self._validate(input_ids, position_ids, attention_mask, past_key_values, past_len, targets)
+            if segment_ids is not None and (tuple(segment_ids.shape) != tuple(input_ids.shape) or past_len):
+                raise ValueError(
+                    f"segment_ids must have input_ids' shape {tuple(input_ids.shape)} and no past, got "
+                    f"{tuple(segment_ids.shape)} with {past_len} cached tokens"
+                )
+        h, presents = self.hidden_states(
+            input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            segment_ids=segment_ids,
+        )
+        if targets is not None:
+            return linear_cross_entropy(h, self.tok_emb.weight, targets)
+        logits = F.linear(h, self.tok_emb.weight)  # (B, T, V), tied weights
+        if use_cache:
+            return logits, presents
+        return logits

@@ -1,0 +1,3 @@
+"""Hand-written kernels. Import :mod:`gptmed.model.kernels.triton_attention` lazily: it needs triton."""
+
+__all__: list[str] = []
