@@ -1,0 +1,324 @@
+"""Trainer benchmark: gptmed-train vs a plain Hugging Face GPT2LMHeadModel loop, same tokens, same run.
+
+Both train a model of the `small` preset's size (width, depth, heads, d_ff, vocab 8000, context 512)
+on the same MedQuAD rows in the same order, loss on all non-pad tokens, same AdamW (betas 0.9/0.95,
+weight decay 0.01 on matrices), same warmup + cosine schedule, gradient clipping 1.0, dropout 0.1, fp32.
+Ours is the real trainer (`gptmed.training.train_model`: data loading from the .npy memmaps, loss
+masking, clipping, metrics.jsonl, checkpoint at the end); tokens/s is timed between its step
+callbacks after the first step. Each side runs in its own process (peak RSS = that process's
+ru_maxrss); runs alternate ours/HF/ours/HF... so machine load hits both alike.
+
+    python bench/train.py                          # MedQuAD split, small preset, 2 rounds
+    python bench/train.py --steps 10 --batch-size 4 --rounds 1 --out docs/bench/train.md
+
+Skips (exit 0) when ../shared/datasets/medquad/train.qa.txt.gz is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDQUAD = ROOT / ".." / "shared" / "datasets" / "medquad" / "train.qa.txt.gz"
+
+
+# ------------------------------------------------------------------------------------------- data
+def prepare(cache: Path, max_pairs: int, seq_len: int) -> Path:
+    """MedQuAD -> first `max_pairs` pairs -> tokenizer (8000, bpe) -> tokenized dir (cached)."""
+    data = cache / f"tok-{max_pairs}-{seq_len}"
+    if (data / "metadata.json").is_file():
+        return data
+    from gptmed.core import read_qa_text, write_qa_text
+    from gptmed.tokenizer import tokenize_dataset, train_tokenizer
+
+    cache.mkdir(parents=True, exist_ok=True)
+    raw = cache / "medquad.txt"
+    if not raw.is_file():
+        with gzip.open(MEDQUAD, "rb") as src, open(raw, "wb") as dst:
+            dst.write(src.read())
+    subset = cache / f"medquad-{max_pairs}.txt"
+
+    def first() -> Any:
+        for i, pair in enumerate(read_qa_text(raw)):
+            if i >= max_pairs:
+                return
+            yield pair
+
+    write_qa_text(subset, first(), overwrite=True)
+    train_tokenizer(subset, cache / "tok", vocab_size=8000)
+    tokenize_dataset(subset, cache / "tok.model", data, max_length=seq_len, train_split=0.95, seed=0)
+    return data
+
+
+# ------------------------------------------------------------------------------------------ children
+def child_ours(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from gptmed.configs.train_config import TrainingConfig
+    from gptmed.training import TrainCallbacks, train_model
+
+    torch.set_num_threads(args.threads)
+    stamps: list[float] = []
+
+    class Clock(TrainCallbacks):
+        def on_step(self, step: int, total: int, loss: float, lr: float, tok_s: float, eta: float) -> None:
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as ck:
+        cfg = TrainingConfig(
+            model_size="small",
+            batch_size=args.batch_size,
+            num_epochs=args.epochs_for_schedule,
+            max_steps=args.steps,
+            learning_rate=args.lr,
+            warmup_steps=args.warmup,
+            loss_on="all",
+            precision=args.precision,
+            train_data_path=str(Path(args.data) / "train.npy"),
+            val_data_path=str(Path(args.data) / "val.npy"),
+            checkpoint_dir=ck,
+            device="cpu",
+            seed=0,
+            max_eval_batches=1,
+            progress=False,
+        )
+        result = train_model(cfg, Clock())
+        rows = [json.loads(x) for x in (Path(ck) / "metrics.jsonl").read_text().splitlines()]
+    seq = int(json.loads((Path(args.data) / "metadata.json").read_text())["max_length"]) - 1
+    tokens = args.batch_size * seq * (len(stamps) - 1)
+    return {
+        "losses": [r["loss"] for r in rows if r["kind"] == "train"],
+        "tokens_per_s": _rate(stamps, args.batch_size * seq),
+        "tokens_per_s_overall": tokens / (stamps[-1] - stamps[0]),
+        "steps": result.steps,
+    }
+
+
+def child_hf(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from gptmed.core import get_small_config
+    from gptmed.training.schedule import WarmupCosine
+    from gptmed.training.trainer import _epoch_order
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.set_num_threads(args.threads)
+    meta = json.loads((Path(args.data) / "metadata.json").read_text())
+    rows = np.load(Path(args.data) / "train.npy", mmap_mode="r")
+    cfg = get_small_config(vocab_size=meta["vocab_size"], max_seq_len=meta["max_length"])
+    torch.manual_seed(0)
+    hf_cfg = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.max_seq_len,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.d_ff,
+        activation_function="gelu_new",
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
+    hf_cfg._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(hf_cfg).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
+    other = [
+        p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)
+    ]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
+    steps_per_epoch = len(rows) // args.batch_size
+    sched = WarmupCosine(
+        opt,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        total_steps=steps_per_epoch * args.epochs_for_schedule,
+        min_lr_ratio=0.1,
+    )
+    order = _epoch_order(0, 0, len(rows))  # the trainer's order for epoch 0, seed 0
+    losses: list[float] = []
+    stamps: list[float] = []
+    for step in range(args.steps):
+        idx = np.sort(order[step * args.batch_size : (step + 1) * args.batch_size])
+        batch = torch.from_numpy(np.asarray(rows[idx]).astype(np.int64))
+        labels = batch.clone()
+        labels[labels == 0] = -100  # pad is never a target (as --loss-on all)
+        sched.set_step(step)
+        if args.precision == "bf16":  # autocast like ours: fp32 master weights, fp32 loss
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(input_ids=batch[:, :-1]).logits
+        else:
+            logits = model(input_ids=batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1)
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        stamps.append(time.perf_counter())
+    seq = rows.shape[1] - 1
+    return {
+        "losses": losses,
+        "tokens_per_s": _rate(stamps, args.batch_size * seq),
+        "tokens_per_s_overall": args.batch_size * seq * (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+        "steps": args.steps,
+    }
+
+
+def _rate(stamps: list[float], tokens_per_step: int) -> float:
+    """Tokens per second of the median step (steps 2..n): robust to bursts of load from other jobs."""
+    durations = [b - a for a, b in itertools.pairwise(stamps)]
+    return tokens_per_step / statistics.median(durations)
+
+
+# ------------------------------------------------------------------------------------------ driver
+def run_child(kind: str, precision: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", kind, "--data", str(data), "--precision", precision]
+    for name in ("steps", "batch_size", "threads", "lr", "warmup", "epochs_for_schedule"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} child failed:\n{proc.stderr[-3000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+LABELS = {"ours": "gptmed-train (train_model)", "hf": "HF GPT2LMHeadModel plain loop"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--child", choices=["ours", "hf"])
+    ap.add_argument("--data")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--max-pairs", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--epochs-for-schedule", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="(child) autocast dtype")
+    ap.add_argument("--precisions", default="fp32,bf16", help="precisions to compare, each for both sides")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "gptmed-bench-train"))
+    ap.add_argument("--out", default=None, help="write the markdown table here (e.g. docs/bench/train.md)")
+    args = ap.parse_args()
+
+    if args.child:
+        res = child_ours(args) if args.child == "ours" else child_hf(args)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+
+    if not MEDQUAD.is_file():
+        print(f"skipped: {MEDQUAD} not found")
+        return
+    t0 = time.time()
+    data = prepare(Path(args.cache), args.max_pairs, args.seq_len)
+    print(f"data ready in {time.time() - t0:.0f}s: {data}", flush=True)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    loads = []
+    for r in range(args.rounds):
+        for prec in precisions:
+            for kind in ("ours", "hf"):  # alternate, so machine load hits both alike
+                res = run_child(kind, prec, args, data)
+                loads.append(os.getloadavg()[0])
+                results.setdefault((kind, prec), []).append(res)
+                print(
+                    f"round {r + 1} {kind} {prec}: {res['tokens_per_s']:.0f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB, "
+                    f"loss {res['losses'][0]:.3f} -> {res['losses'][-1]:.3f}",
+                    flush=True,
+                )
+
+    def med(key: tuple[str, str], field: str) -> float:
+        return statistics.median(x[field] for x in results[key])
+
+    lines = [
+        "# Trainer benchmark (bench/train.py)",
+        "",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs: 1-minute load average "
+        f"{min(loads):.1f}-{max(loads):.1f} during the runs), torch {_torch_version()}, {args.threads} threads",
+        f"- command: `python bench/train.py --steps {args.steps} --batch-size {args.batch_size} "
+        f"--max-pairs {args.max_pairs} --rounds {args.rounds} --precisions {args.precisions}`",
+        f"- data: first {args.max_pairs} MedQuAD pairs, SentencePiece bpe 8000, max_length {args.seq_len}; "
+        f"model: `small` preset shape ({_params()}); loss on all non-pad tokens; same rows in the same order; "
+        f"AdamW, warmup {args.warmup} + cosine, peak LR {args.lr:g}, clip 1.0, dropout 0.1; tokens/s from the "
+        "median step time of steps 2..n (each side in its own process; sides alternate)",
+        "",
+        f"| run | precision | tokens/s | peak RSS MB | loss step 1 | loss step {args.steps} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for prec in precisions:
+        for kind in ("ours", "hf"):
+            key = (kind, prec)
+            losses = results[key][0]["losses"]
+            lines.append(
+                f"| {LABELS[kind]} | {prec} | {med(key, 'tokens_per_s'):,.0f} | {med(key, 'peak_rss_mb'):,.0f} | "
+                f"{losses[0]:.3f} | {losses[-1]:.3f} |"
+            )
+    lines.append("")
+    for prec in precisions:
+        ours, hf = results[("ours", prec)], results[("hf", prec)]
+        ratio = med(("ours", prec), "tokens_per_s") / med(("hf", prec), "tokens_per_s")
+        pairs = list(zip(ours[0]["losses"], hf[0]["losses"], strict=False))
+        at = ", ".join(
+            f"{i + 1}: {a:.3f} vs {b:.3f}"
+            for i, (a, b) in enumerate(pairs)
+            if i % 3 == 0 or i == len(pairs) - 1
+        )
+        lines.append(
+            f"- {prec}: ours / HF tokens/s = **{ratio:.2f}x**; loss at equal steps (ours vs HF) {at}."
+        )
+    if "bf16" in precisions and "fp32" in precisions:
+        cross = med(("ours", "bf16"), "tokens_per_s") / med(("hf", "fp32"), "tokens_per_s")
+        lines.append(f"- gptmed-train `--precision bf16` vs the HF fp32 loop: **{cross:.2f}x**.")
+    lines.append("")
+    for (kind, prec), runs in results.items():
+        per_round = ", ".join(f"{x['tokens_per_s']:.0f}" for x in runs)
+        lines.append(f"- per-round tokens/s, {LABELS[kind]} {prec}: {per_round}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text, encoding="utf-8")
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+def _params() -> str:
+    from gptmed.core import get_small_config
+
+    return f"{get_small_config().num_parameters() / 1e6:.1f}M parameters"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Training configuration of gptmed-train (the manual's ``gptmed.configs.train_config``)."""
+
+from gptmed.configs.train_config import LOSS_ON, PRECISIONS, TrainingConfig
+
+__all__ = ["LOSS_ON", "PRECISIONS", "TrainingConfig"]

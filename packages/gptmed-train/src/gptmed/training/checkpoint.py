@@ -1,0 +1,195 @@
+"""Checkpoint files: atomic saves, safe loads, finding the newest valid one, pruning.
+
+A checkpoint is ``torch.save`` of a dict holding only tensors, numbers, strings, lists and dicts
+(see docs/training.md for the keys). It is written to a temp file in the same folder, fsynced and
+renamed over the destination (:func:`gptmed.core.atomic_open`), so a crash or a full disk during a
+save leaves the previous file intact; temp files left by a killed process are swept when the next
+run takes the folder's lock. Loading always uses ``torch.load(weights_only=True)``: a file holding
+a pickled object (``__reduce__``) is refused, a truncated or garbage file is reported as corrupt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from gptmed.core import CheckpointError, CheckpointManifest, ManifestError, atomic_open, sweep_temp_files
+
+__all__ = [
+    "REQUIRED_KEYS",
+    "checkpoint_files",
+    "find_latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "save_checkpoint",
+    "sweep_temp_files",
+]
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = (
+    "model_state_dict",
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "scaler_state_dict",
+    "rng_state",
+    "step",
+    "epoch",
+    "position",
+    "model_config",
+    "training_config",
+    "manifest",
+)
+
+EPOCH_RE = re.compile(r"^checkpoint_epoch_(\d+)\.pt$")
+STEP_RE = re.compile(r"^checkpoint_step_(\d+)\.pt$")
+
+
+def _serialize(state: dict[str, Any], fh: IO[bytes]) -> None:
+    """Write ``state`` to ``fh`` (one seam, so tests can inject a full disk or a slow write)."""
+    torch.save(state, fh)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically; on any failure ``path`` keeps its old content.
+
+    Raises :class:`CheckpointError` (with the OS reason) when the write fails.
+    """
+    p = Path(path)
+    _check_plain(state, "state")
+    try:
+        with atomic_open(p, "wb") as fh:
+            _serialize(state, fh)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CheckpointError(
+            f"could not save checkpoint {p}: {reason}",
+            hint="free disk space or choose another --checkpoint-dir; the previous checkpoints are intact",
+        ) from exc
+    return p
+
+
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Only what ``torch.load(weights_only=True)`` accepts: tensors, numbers, strings, lists, dicts."""
+    if isinstance(value, torch.Tensor):
+        return
+    if type(value) in _PLAIN:
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            _check_plain(key, f"{where} key")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"checkpoint entry {where} is a {type(value).__module__}.{type(value).__qualname__}, "
+        "which weights_only loading would refuse"
+    )
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load and check a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises :class:`CheckpointError`: "checkpoint X is corrupt" for truncated/garbage/incomplete
+    files, "checkpoint X is unsafe" for files holding arbitrary pickled objects, "not found".
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(
+            f"checkpoint {p} not found", hint="check the path (gptmed-train --resume finds the newest)"
+        )
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Unsupported global" in text or "GLOBAL" in text or "Unsupported class" in text:
+            raise CheckpointError(
+                f"checkpoint {p} is unsafe: it holds pickled Python objects, refused (weights_only loading)",
+                hint="only load checkpoints written by gptmed-train from sources you trust",
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {p} is corrupt ({_first_line(text)})", hint=_CORRUPT_HINT
+        ) from None
+    except Exception as exc:  # garbage bytes make the unpickler fail in arbitrary ways (KeyError, ...)
+        raise CheckpointError(
+            f"checkpoint {p} is corrupt ({_first_line(str(exc))})", hint=_CORRUPT_HINT
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {p} is corrupt (expected a dict, got {type(state).__name__})", hint=_CORRUPT_HINT
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {p} is corrupt or not a gptmed-train checkpoint (missing {', '.join(missing)})",
+            hint=_CORRUPT_HINT,
+        )
+    try:
+        CheckpointManifest.from_dict(state["manifest"], source=str(p))
+    except ManifestError as exc:
+        raise CheckpointError(f"checkpoint {p} is corrupt (manifest: {exc})", hint=_CORRUPT_HINT) from None
+    return state
+
+
+_CORRUPT_HINT = "delete it and resume from an earlier checkpoint (gptmed-train --resume skips corrupt files)"
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "unreadable"
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def checkpoint_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """``checkpoint_epoch_*.pt`` and ``checkpoint_step_*.pt`` in ``folder``, newest first (mtime)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    files = [p for p in root.iterdir() if p.is_file() and (EPOCH_RE.match(p.name) or STEP_RE.match(p.name))]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+def find_latest_checkpoint(
+    folder: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``folder`` that loads, with its state; corrupt ones are skipped (logged)."""
+    for path in checkpoint_files(folder):
+        try:
+            return path, load_checkpoint(path, map_location=map_location)
+        except CheckpointError as exc:
+            log.warning("skipping %s", exc)
+    return None
+
+
+def prune_checkpoints(
+    folder: str | os.PathLike[str], keep_last: int, protect: tuple[Path, ...] = ()
+) -> list[Path]:
+    """Delete old periodic checkpoints: keep the newest ``keep_last`` epoch files (0 = all) and the
+    newest ``keep_last`` (or 2 when 0) step files. ``best_model.pt`` and ``protect`` are never touched."""
+    removed: list[Path] = []
+    files = checkpoint_files(folder)
+    keep_protect = {p.resolve() for p in protect}
+    epoch_files = [p for p in files if EPOCH_RE.match(p.name)]
+    step_files = [p for p in files if STEP_RE.match(p.name)]
+    doomed = (epoch_files[keep_last:] if keep_last > 0 else []) + step_files[(keep_last or 2) :]
+    for p in doomed:
+        if p.resolve() in keep_protect:
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed

@@ -1,0 +1,175 @@
+"""The command line: flags, output shape, one-line errors, exit codes, `plot`, and the manual's Python API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from gptmed.configs.train_config import TrainingConfig
+from gptmed.training.cli import cli, format_duration
+from gptmed.training.train import main
+from train_helpers import cli_args, tiny_config, write_dataset
+
+MANUAL_FLAGS = [
+    "--model-size",
+    "--num-epochs",
+    "--batch-size",
+    "--learning-rate",
+    "--train-data",
+    "--val-data",
+    "--checkpoint-dir",
+    "--device",
+    "--seed",
+    "--quick-test",
+    "--resume",
+    "--resume-from",
+    "--warmup-steps",
+    "--grad-clip",
+    "--weight-decay",
+    "--eval-every",
+    "--save-every",
+    "--grad-accum",
+    "--precision",
+    "--compile",
+    "--early-stopping-patience",
+    "--loss-on",
+    "--max-steps",
+    "--config",
+]
+
+
+def test_help_lists_every_flag_and_version() -> None:
+    runner = CliRunner()
+    out = runner.invoke(cli, ["--help"])
+    assert out.exit_code == 0
+    for flag in MANUAL_FLAGS:
+        assert flag in out.output, flag
+    assert "plot" in out.output
+    assert "data/tokenized/train.npy" in out.output and "model/checkpoints" in out.output
+    v = runner.invoke(cli, ["--version"])
+    assert v.exit_code == 0 and "gptmed-train" in v.output
+    assert runner.invoke(cli, ["plot", "--help"]).exit_code == 0
+
+
+def test_training_output_is_the_manuals_shape(dataset: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ck"
+    out = CliRunner().invoke(cli, cli_args(tiny_config(dataset, ckpt, num_epochs=2)))
+    assert out.exit_code == 0, out.output
+    text = out.output
+    for line in [
+        "GPT Training Script",
+        "Setting random seed: 1",
+        "Model config: tiny",
+        "  d_model: 32",
+        "Total parameters: ",
+        "  Train sequences: 48",
+        "  Val sequences: 8",
+        "Starting training...",
+        "Epoch 1/2",
+        "Epoch 2/2",
+        f"  ✓ Saved checkpoint: {ckpt}/checkpoint_epoch_2.pt",
+        "Training complete! 🎉",
+        f"Best checkpoint: {ckpt}/best_model.pt",
+    ]:
+        assert line in text, line
+    assert "  Train Loss: " in text and " | Val Loss: " in text and " | Time: " in text
+    assert "\r" not in text and "tok/s" not in text  # no progress bar when not a terminal
+    png = tmp_path / "loss.png"
+    plot = CliRunner().invoke(cli, ["plot", "--checkpoint-dir", str(ckpt), "-o", str(png)])
+    assert plot.exit_code == 0, plot.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_errors_are_one_line_and_usage_errors_exit_2(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(
+        cli, ["--train-data", str(tmp_path / "none.npy"), "--checkpoint-dir", str(tmp_path / "c")]
+    )
+    assert out.exit_code == 1
+    lines = [x for x in out.output.splitlines() if x.strip()]
+    assert (
+        lines[-1].startswith("Error: training data")
+        and "not found" in lines[-1]
+        and "tokenize_data" in lines[-1]
+    )
+    assert "Traceback" not in out.output
+    assert runner.invoke(cli, ["--batch-size", "0"]).exit_code == 2
+    assert runner.invoke(cli, ["--loss-on", "prompt"]).exit_code == 2
+    bad = tmp_path / "c.json"
+    bad.write_text("[1, 2]")
+    out = runner.invoke(cli, ["--config", str(bad)])
+    assert out.exit_code == 1 and "Error:" in out.output and "expected an object of settings" in out.output
+
+
+def test_config_file_and_flags(dataset: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "train.json"
+    cfg.write_text(
+        '{"model_size": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "batch_size": 8, '
+        f'"train_data_path": "{dataset}", "val_data_path": "{dataset.with_name("val.npy")}", "device": "cpu", '
+        '"max_steps": 2}'
+    )
+    out = CliRunner().invoke(
+        cli, ["--config", str(cfg), "--checkpoint-dir", str(tmp_path / "ck"), "--max-steps", "3"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "Stopped at --max-steps (3 steps)" in out.output and "n_layers: 1" in out.output
+
+
+def test_main_with_a_config_object(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = main(tiny_config(dataset, tmp_path / "ck", num_epochs=1))
+    assert result is not None and result.steps == 6
+    assert "Training complete!" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(tiny_config(dataset, tmp_path / "ck2", n_heads=3, d_model=32))
+    assert info.value.code == 1
+    assert capsys.readouterr().err.startswith(
+        "Error: ModelConfig.d_model (32) must be divisible by n_heads (3)"
+    )
+
+
+def test_quick_test_with_synthetic_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(
+        cli, ["--quick-test", "--device", "cpu", "--d-model", "32", "--n-layers", "1", "--n-heads", "2"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "synthetic dataset" in out.output and "Stopped at --max-steps (12 steps)" in out.output
+    assert (tmp_path / "model/checkpoints/quick-test/best_model.pt").is_file()
+    assert not (
+        tmp_path / "model/checkpoints/best_model.pt"
+    ).exists()  # a quick test never clobbers a real run
+
+
+def test_quick_test_uses_real_data_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_dataset(tmp_path / "data/tokenized")
+    out = CliRunner().invoke(
+        cli, ["--quick-test", "--device", "cpu", "--d-model", "32", "--n-layers", "1", "--n-heads", "2"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "synthetic" not in out.output and "Train sequences: 48" in out.output
+
+
+def test_format_duration() -> None:
+    assert format_duration(1472) == "24m 32s"
+    assert format_duration(7) == "7s"
+    assert format_duration(3725) == "1h 02m 05s"
+
+
+def test_training_config_import_path() -> None:
+    from gptmed.configs import TrainingConfig as Same
+
+    assert Same is TrainingConfig
+
+
+def test_progress_bar_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    from gptmed.training.cli import ConsoleCallbacks
+
+    bar = ConsoleCallbacks(progress=True)
+    bar.on_step(5, 10, 2.5, 1e-3, 12345.0, 65.0)
+    err = capsys.readouterr().err
+    assert "5/10" in err and "loss 2.5000" in err and "12,345 tok/s" in err and "ETA 1m 5s" in err
+    quiet = ConsoleCallbacks(progress=None)  # stderr is captured, not a terminal: no bar
+    quiet.on_step(5, 10, 2.5, 1e-3, 12345.0, 65.0)
+    assert capsys.readouterr().err == ""
