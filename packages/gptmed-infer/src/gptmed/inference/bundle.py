@@ -1,0 +1,278 @@
+"""Loading and verifying an exported bundle (``model.onnx``, ``tokenizer.model``, ``gptmed.json``).
+
+A bundle is trusted only after:
+
+* ``gptmed.json`` parses as a :class:`gptmed.core.BundleManifest` this version understands;
+* every file it lists is a plain name inside the bundle folder and matches its sha256 (the model
+  bytes that are hashed are the bytes handed to onnxruntime, so nothing can change in between);
+* the ONNX graph stores all weights inline: tensors pointing at external data are refused;
+* the graph's input and output names equal the manifest's (checked when the session is built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptmed.core import BundleError, BundleManifest, sha256_file
+
+__all__ = [
+    "BUNDLE_MANIFEST",
+    "GENAI_CONFIG",
+    "MODEL_FILE",
+    "MODEL_INT8_FILE",
+    "TOKENIZER_FILE",
+    "Bundle",
+    "expected_io_names",
+    "find_external_data",
+    "load_bundle",
+]
+
+_log = logging.getLogger(__name__)
+
+BUNDLE_MANIFEST = "gptmed.json"
+MODEL_FILE = "model.onnx"
+MODEL_INT8_FILE = "model.int8.onnx"
+TOKENIZER_FILE = "tokenizer.model"
+GENAI_CONFIG = "genai_config.json"
+
+
+def expected_io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """The graph's input and output names for ``n_layers`` blocks (optimum / onnxruntime-genai names)."""
+    inputs = ["input_ids", "position_ids", "attention_mask"]
+    outputs = ["logits"]
+    for i in range(n_layers):
+        inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        outputs += [f"present.{i}.key", f"present.{i}.value"]
+    return inputs, outputs
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its folder, manifest, the chosen graph's bytes and the tokenizer path."""
+
+    root: Path
+    manifest: BundleManifest
+    model_file: str  # file name of the chosen graph inside root
+    model_bytes: bytes  # the verified graph
+    tokenizer_path: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / self.model_file
+
+
+def _check_name(name: str, root: Path) -> Path:
+    if not name or name != os.path.basename(name) or name in (".", "..") or "\\" in name:
+        raise BundleError(
+            f"manifest lists {name!r}, which is not a plain file name in the bundle",
+            where=str(root / BUNDLE_MANIFEST),
+            hint="re-export the bundle with gptmed-infer export",
+        )
+    return root / name
+
+
+def _verify_file(path: Path, expected: str, manifest_path: Path) -> None:
+    if not path.is_file():
+        raise BundleError(
+            f"{path.name} is missing",
+            where=str(path.parent),
+            hint="copy the whole bundle folder or re-export it",
+        )
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundleError(
+            f"{path.name} does not match its sha256 in {manifest_path.name} "
+            f"(expected {expected[:12]}..., got {actual[:12]}...)",
+            where=str(path),
+            hint="the file was modified or corrupted; re-export the bundle",
+        )
+
+
+def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify: bool = True) -> Bundle:
+    """Load the bundle at ``path`` (its folder, or one of its ``.onnx`` files) and verify it.
+
+    ``variant``: ``None``/``"fp32"`` for ``model.onnx``, ``"int8"`` for ``model.int8.onnx``; a
+    path to an ``.onnx`` file chooses that file. Raises :class:`gptmed.core.BundleError`.
+    """
+    p = Path(path)
+    model_file = MODEL_FILE
+    if p.suffix == ".onnx":
+        root, model_file = p.parent, p.name
+    else:
+        root = p
+        if variant in ("int8", "quantized"):
+            model_file = MODEL_INT8_FILE
+        elif variant not in (None, "fp32"):
+            raise BundleError(f"unknown bundle variant {variant!r}", hint="use fp32 or int8")
+    if not root.exists():
+        raise BundleError(
+            "bundle not found", where=str(p), hint="export one with: gptmed-infer export --out DIR"
+        )
+    manifest_path = root / BUNDLE_MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"no {BUNDLE_MANIFEST} beside the model",
+            where=str(root),
+            hint="a bundle is the folder written by gptmed-infer export; export one or pass its folder",
+        )
+    manifest = BundleManifest.load(manifest_path)
+    for name in manifest.files:
+        _check_name(name, root)
+    if model_file not in manifest.files:
+        raise BundleError(
+            f"{model_file} is not part of this bundle (files: {sorted(manifest.files)})",
+            where=str(manifest_path),
+            hint="export it (int8: gptmed-infer export --quantize int8)"
+            if model_file == MODEL_INT8_FILE
+            else None,
+        )
+    tokenizer_path = root / TOKENIZER_FILE
+    model_path = root / model_file
+    if not model_path.is_file():
+        raise BundleError(f"{model_file} is missing", where=str(root), hint="re-export the bundle")
+    data = model_path.read_bytes()
+    if verify:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != manifest.files[model_file]:
+            raise BundleError(
+                f"{model_file} does not match its sha256 in {BUNDLE_MANIFEST} "
+                f"(expected {manifest.files[model_file][:12]}..., got {digest[:12]}...)",
+                where=str(model_path),
+                hint="the file was modified or corrupted; re-export the bundle",
+            )
+        for name, expected in manifest.files.items():
+            if name.endswith(".onnx"):
+                continue  # graphs other than the chosen one are not loaded
+            _verify_file(root / name, expected, manifest_path)
+        if manifest.tokenizer_sha256 and manifest.files.get(TOKENIZER_FILE) not in (
+            None,
+            manifest.tokenizer_sha256,
+        ):
+            raise BundleError(
+                f"{TOKENIZER_FILE} sha256 differs from the manifest's tokenizer_sha256",
+                where=str(manifest_path),
+                hint="re-export the bundle",
+            )
+    external = find_external_data(data)
+    if external:
+        raise BundleError(
+            f"{model_file} refers to external data files ({', '.join(sorted(external)[:3])}); "
+            "bundles must store their weights inside the graph",
+            where=str(model_path),
+            hint="re-export with gptmed-infer export (which never writes external data)",
+        )
+    if not tokenizer_path.is_file():
+        raise BundleError(f"{TOKENIZER_FILE} is missing", where=str(root), hint="re-export the bundle")
+    exp_in, exp_out = expected_io_names(manifest.model_config.n_layers)
+    if list(manifest.inputs) != exp_in or list(manifest.outputs) != exp_out:
+        raise BundleError(
+            f"manifest I/O names do not describe a {manifest.model_config.n_layers}-layer KV-cache graph "
+            f"(inputs {manifest.inputs[:4]}..., outputs {manifest.outputs[:3]}...)",
+            where=str(manifest_path),
+            hint="re-export the bundle with this version of gptmed-infer",
+        )
+    _log.debug("bundle %s verified (%s, %d files)", root, model_file, len(manifest.files))
+    return Bundle(root, manifest, model_file, data, tokenizer_path)
+
+
+# --- a minimal protobuf walk (no onnx import) to find tensors stored as external data ----------
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise BundleError("truncated ONNX protobuf", hint="re-export the bundle")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """Yield (field_number, wire_type, value) of one message; value is an int or a memoryview."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield num, wire, value
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise BundleError("truncated ONNX protobuf", hint="re-export the bundle")
+            yield num, wire, buf[pos : pos + length]
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise BundleError(f"not an ONNX model (protobuf wire type {wire})", hint="re-export the bundle")
+
+
+def _tensor_external(buf: memoryview, found: set[str]) -> None:
+    location = b""
+    external = False
+    for num, wire, value in _fields(buf):
+        if num == 14 and wire == 0 and value == 1:  # data_location = EXTERNAL
+            external = True
+        elif num == 13 and wire == 2:  # external_data entry (StringStringEntryProto)
+            external = True
+            entry = dict((n, bytes(v)) for n, w, v in _fields(value) if w == 2)
+            if entry.get(1) == b"location":
+                location = entry.get(2, b"")
+    if external:
+        found.add(location.decode("utf-8", "replace") or "<unnamed>")
+
+
+def _graph_external(buf: memoryview, found: set[str]) -> None:
+    for num, wire, value in _fields(buf):
+        if wire != 2:
+            continue
+        if num == 5:  # initializer
+            _tensor_external(value, found)
+        elif num == 15:  # sparse_initializer: values=1, indices=2
+            for n, w, v in _fields(value):
+                if w == 2 and n in (1, 2):
+                    _tensor_external(v, found)
+        elif num == 1:  # node
+            _node_external(value, found)
+
+
+def _node_external(buf: memoryview, found: set[str]) -> None:
+    for num, wire, value in _fields(buf):
+        if num != 5 or wire != 2:  # attribute
+            continue
+        for n, w, v in _fields(value):
+            if w != 2:
+                continue
+            if n in (5, 11):  # t, tensors
+                _tensor_external(v, found)
+            elif n in (6, 10):  # g, graphs
+                _graph_external(v, found)
+
+
+def find_external_data(model: bytes) -> set[str]:
+    """Locations of tensors in the serialized ONNX ``model`` that live in external files."""
+    found: set[str] = set()
+    buf = memoryview(model)
+    for num, wire, value in _fields(buf):
+        if wire != 2:
+            continue
+        if num == 7:  # graph
+            _graph_external(value, found)
+        elif num == 25:  # functions: FunctionProto.node = 7
+            for n, w, v in _fields(value):
+                if n == 7 and w == 2:
+                    _node_external(v, found)
+    return found

@@ -1,0 +1,406 @@
+"""``gptmed-generate`` and ``gptmed-infer`` (export, eval, info, serve): parse, call, echo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from gptmed.core import GptmedError, cli_errors
+from gptmed.inference import __version__
+
+DEFAULT_CHECKPOINT = "model/checkpoints/best_model.pt"
+
+
+class _NeedsTorch(GptmedError):
+    pass
+
+
+def _open_generator(checkpoint: str, tokenizer: str | None, variant: str | None, threads: int | None) -> Any:
+    from gptmed.inference.generator import TextGenerator
+
+    path = Path(checkpoint)
+    if not path.exists():
+        others = sorted(Path(DEFAULT_CHECKPOINT).parent.glob("*/best_model.pt")) + sorted(
+            Path(".").glob("*/gptmed.json")
+        )
+        found = (
+            f" (found: {', '.join(str(o.parent if o.name == 'gptmed.json' else o) for o in others[:3])})"
+            if others
+            else ""
+        )
+        raise GptmedError(
+            "checkpoint not found",
+            where=str(path),
+            hint="train one (gptmed-train) or pass --checkpoint with a .pt file or an exported bundle folder"
+            + found,
+        )
+    try:
+        if path.suffix == ".pt":
+            return TextGenerator(model=str(path), tokenizer_path=tokenizer)
+        return TextGenerator(model=str(path), tokenizer_path=tokenizer, variant=variant, threads=threads)
+    except ImportError as exc:
+        raise _NeedsTorch(
+            f"{path} is a torch checkpoint and torch is not installed ({exc})",
+            hint='export a bundle (gptmed-infer export) and pass its folder, or pip install "gptmed-infer[export]"',
+        ) from None
+
+
+def _read_prompts(source: str) -> list[str]:
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise GptmedError(
+                f"not valid UTF-8 (byte offset {exc.start})", where=source, hint="save it as UTF-8"
+            ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _sampling(ctx_params: dict[str, Any]) -> dict[str, Any]:
+    keys = ("max_length", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+    params = {k: ctx_params[k] for k in keys if ctx_params.get(k) is not None}
+    if ctx_params.get("stop"):
+        params["stop"] = tuple(s.encode().decode("unicode_escape") for s in ctx_params["stop"])
+    return params
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--checkpoint",
+    default=DEFAULT_CHECKPOINT,
+    show_default=True,
+    help="A .pt checkpoint (torch backend), an exported bundle folder or its model.onnx.",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="SentencePiece .model; default: the one recorded with the checkpoint/bundle (sha256-checked).",
+)
+@click.option("--prompt", "prompts", multiple=True, help="Question to answer (repeatable).")
+@click.option(
+    "--prompts-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="File with one question per line ('-' = stdin); answers are printed as Q&A text.",
+)
+@click.option("--interactive", "-i", is_flag=True, help="Ask questions one after another (Ctrl-D to quit).")
+@click.option(
+    "--max-length", type=click.IntRange(min=1), default=None, help="Maximum new tokens [default: 100]."
+)
+@click.option(
+    "--temperature", type=float, default=None, help="0 = greedy; higher = more random [default: 0.7]."
+)
+@click.option(
+    "--top-k", type=int, default=None, help="Sample from the k most likely tokens; 0 = all [default: 50]."
+)
+@click.option(
+    "--top-p", type=float, default=None, help="Nucleus sampling threshold in (0, 1] [default: 0.9]."
+)
+@click.option("--repetition-penalty", type=float, default=None, help=">1 discourages repeats [default: 1.0].")
+@click.option("--seed", type=int, default=None, help="Fix sampling: the same seed gives the same text.")
+@click.option(
+    "--stop", multiple=True, help="Stop before this string (repeatable; \\n escapes work). Default: \\nQ:"
+)
+@click.option("--stream/--no-stream", default=False, help="Print the answer while it is generated.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Questions per batch with --prompts-file.",
+)
+@click.option("--int8", is_flag=True, help="Use the bundle's int8 graph (model.int8.onnx).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="onnxruntime intra-op threads (0 = all cores).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per answer (prompt, answer).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="gptmed-generate")
+def generate_main(**kw: Any) -> None:
+    """Answer questions with a trained gptmed model (bundle: onnxruntime, no torch; .pt: torch)."""
+    debug = kw["debug"]
+    with cli_errors(debug):
+        prompts = list(kw["prompts"])
+        if kw["prompts_file"]:
+            prompts += _read_prompts(kw["prompts_file"])
+        elif not prompts and not kw["interactive"] and not sys.stdin.isatty():
+            prompts += _read_prompts("-")
+        if not prompts and not kw["interactive"]:
+            raise click.UsageError(
+                "give --prompt TEXT, --prompts-file FILE (or '-' for stdin), or --interactive"
+            )
+        gen = _open_generator(
+            kw["checkpoint"], kw["tokenizer"], "int8" if kw["int8"] else None, kw["threads"]
+        )
+        params = _sampling(kw)
+        if prompts:
+            _answer_all(gen, prompts, params, kw)
+        if kw["interactive"]:
+            _interactive(gen, params, kw)
+
+
+def _emit(prompt: str, answer: str, as_json: bool, single: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"prompt": prompt, "answer": answer}, ensure_ascii=False))
+    elif single:
+        click.echo(answer)
+    else:
+        click.echo(f"Q: {prompt}\nA: {answer}\n")
+
+
+def _answer_all(gen: Any, prompts: list[str], params: dict[str, Any], kw: dict[str, Any]) -> None:
+    single = len(prompts) == 1
+    if kw["stream"] and not kw["as_json"]:
+        for prompt in prompts:
+            if not single:
+                click.echo(f"Q: {prompt}\nA: ", nl=False)
+            for piece in gen.stream(prompt, **params):
+                click.echo(piece, nl=False)
+            click.echo("\n" if not single else "")
+        return
+    for chunk in _chunks(prompts, kw["batch_size"]):
+        for prompt, answer in zip(chunk, gen.generate_batch(chunk, **params), strict=True):
+            _emit(prompt, answer, kw["as_json"], single)
+
+
+def _interactive(gen: Any, params: dict[str, Any], kw: dict[str, Any]) -> None:
+    click.echo("Ask a question (Ctrl-D or 'exit' to quit).", err=True)
+    while True:
+        try:
+            question = input("Q: ")
+        except EOFError:
+            click.echo("", err=True)
+            return
+        if question.strip() in ("exit", "quit"):
+            return
+        if not question.strip():
+            continue
+        try:
+            click.echo("A: ", nl=False)
+            for piece in gen.stream(question, **params):
+                click.echo(piece, nl=False)
+            click.echo("\n")
+        except ValueError as exc:  # a prompt that does not fit: say so and keep going
+            click.echo(f"\nError: {exc}", err=True)
+
+
+# ------------------------------------------------------------------------------------ gptmed-infer
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gptmed-infer")
+def main() -> None:
+    """Export bundles, evaluate them and serve them (gptmed's torch-free runtime)."""
+
+
+@main.command("export")
+@click.option(
+    "--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help="Training checkpoint (.pt)."
+)
+@click.option("--tokenizer", default=None, help="Tokenizer .model (default: the one the checkpoint records).")
+@click.option("--out", "out_dir", default="bundle", show_default=True, help="Bundle folder to write.")
+@click.option(
+    "--quantize", type=click.Choice(["int8"]), default=None, help="Also write an int8 graph (gated)."
+)
+@click.option(
+    "--min-int8-agreement",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Greedy agreement with fp32 the int8 graph must reach [default: 0.90].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def export_cmd(
+    checkpoint: str,
+    tokenizer: str | None,
+    out_dir: str,
+    quantize: str | None,
+    min_int8_agreement: float | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Export a checkpoint to a bundle: model.onnx (KV cache), tokenizer.model, gptmed.json.
+
+    The export fails, and writes nothing, unless ONNX matches torch (logits within 1e-4,
+    identical greedy tokens)."""
+    with cli_errors(debug):
+        try:
+            from gptmed.inference.export import INT8_MIN_AGREEMENT, export_bundle_report
+        except ImportError as exc:
+            raise GptmedError(
+                f"export needs the [export] extra ({exc})", hint='pip install "gptmed-infer[export]"'
+            ) from None
+        try:
+            report = export_bundle_report(
+                checkpoint,
+                out_dir,
+                tokenizer,
+                quantize,
+                min_int8_agreement=INT8_MIN_AGREEMENT if min_int8_agreement is None else min_int8_agreement,
+            )
+        except ImportError as exc:
+            raise GptmedError(
+                f"export needs the [export] extra ({exc})", hint='pip install "gptmed-infer[export]"'
+            ) from None
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "out": str(report.out_dir),
+                        "files": report.files,
+                        "parity": report.parity,
+                        "int8": report.int8,
+                        "seconds": round(report.seconds, 2),
+                    },
+                    indent=2,
+                )
+            )
+            return
+        p = report.parity
+        click.echo(f"✓ bundle written to {report.out_dir} in {report.seconds:.1f}s")
+        for name, size in report.files.items():
+            click.echo(f"  {name:<20} {size / 1e6:8.2f} MB")
+        click.echo(
+            f"  parity: prefill {p['prefill_max_abs_diff']:.2e}, decode {p['decode_max_abs_diff']:.2e} "
+            f"(<= {p['atol']:g}); greedy identical on {p['greedy_prompts_identical']}/{p['prompts']} prompts; "
+            f"graph {p.get('graph', 'fast')}"
+        )
+        if report.int8:
+            q = report.int8
+            click.echo(
+                f"  int8: agreement {q['greedy_agreement']:.1%} (>= {q['min_agreement']:.0%}), "
+                f"{q['int8_bytes'] / 1e6:.2f} MB vs {q['fp32_bytes'] / 1e6:.2f} MB, "
+                f"{q['int8_ms_per_token']:.2f} vs {q['fp32_ms_per_token']:.2f} ms/token"
+            )
+
+
+@main.command("eval")
+@click.option("--bundle", required=True, help="Bundle folder (or a .pt checkpoint when torch is installed).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Held-out Q&A text file.")
+@click.option("--max-length", type=click.IntRange(min=1), default=None, help="New tokens per answer.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N pairs only.")
+@click.option("--int8", is_flag=True, help="Evaluate the int8 graph.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def eval_cmd(
+    bundle: str, data: str, max_length: int | None, limit: int | None, int8: bool, as_json: bool, debug: bool
+) -> None:
+    """Answer perplexity, exact match, token F1 and ROUGE-L on held-out Q&A pairs."""
+    from gptmed.inference.evaluate import evaluate
+
+    with cli_errors(debug):
+        gen = _open_generator(bundle, None, "int8" if int8 else None, None)
+        report = evaluate(gen, data, max_length=max_length, limit=limit)
+        if as_json:
+            click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+            return
+        click.echo(f"{'metric':<16}{'value':>10}")
+        click.echo(f"{'pairs':<16}{report.pairs:>10}")
+        click.echo(f"{'perplexity':<16}{report.perplexity:>10.3f}")
+        click.echo(f"{'exact match':<16}{report.exact_match:>10.3f}")
+        click.echo(f"{'token F1':<16}{report.token_f1:>10.3f}")
+        click.echo(f"{'ROUGE-L':<16}{report.rouge_l:>10.3f}")
+
+
+@main.command("info")
+@click.argument("bundle")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def info_cmd(bundle: str, debug: bool) -> None:
+    """Verify a bundle (sha256, I/O names) and print its manifest."""
+    from gptmed.inference.bundle import load_bundle
+
+    with cli_errors(debug):
+        b = load_bundle(bundle)
+        click.echo(b.manifest.to_json(), nl=False)
+        click.echo(f"✓ {b.root}: {len(b.manifest.files)} files verified", err=True)
+
+
+@main.command("serve")
+@click.option("--bundle", default="bundle", show_default=True, help="Bundle folder to serve.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to bind (public binds need --api-key)."
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--api-key",
+    envvar="GPTMED_API_KEY",
+    default=None,
+    help="Bearer key clients must send (env GPTMED_API_KEY).",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Generations running at once.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Requests waiting for a slot; beyond that: 429.",
+)
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), default=256, show_default=True, help="Cap on max_tokens."
+)
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    help="Request body cap in bytes.",
+)
+@click.option("--int8", is_flag=True, help="Serve the int8 graph.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def serve_cmd(
+    bundle: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_concurrency: int,
+    max_queue: int,
+    max_tokens: int,
+    max_body: int,
+    int8: bool,
+    debug: bool,
+) -> None:
+    """Serve a bundle with an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
+    with cli_errors(debug):
+        try:
+            from gptmed.inference.server import ServerConfig, serve
+        except ImportError as exc:
+            raise GptmedError(
+                f"serve needs the [serve] extra ({exc})", hint='pip install "gptmed-infer[serve]"'
+            ) from None
+        gen = _open_generator(bundle, None, "int8" if int8 else None, None)
+        serve(
+            gen,
+            ServerConfig(
+                host=host,
+                port=port,
+                api_key=api_key,
+                max_concurrency=max_concurrency,
+                max_queue=max_queue,
+                max_tokens=max_tokens,
+                max_body=max_body,
+            ),
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

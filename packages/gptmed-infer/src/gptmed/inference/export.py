@@ -1,0 +1,704 @@
+"""``gptmed-infer export``: a training checkpoint -> a verified, self-describing bundle folder.
+
+Needs the ``[export]`` extra (torch, onnx, onnxscript, gptmed-model). Steps, all in a temp
+folder beside ``out_dir`` that replaces it only when every gate passed:
+
+1. load the checkpoint (``torch.load(weights_only=True)``) and the tokenizer it records
+   (verified by sha256), build the ``GPTTransformer``;
+2. export ``model.onnx`` with KV-cache I/O (``input_ids``, ``position_ids``, ``attention_mask``,
+   ``past_key_values.{i}.key|value`` -> ``logits``, ``present.{i}.key|value``), dynamic batch,
+   sequence and past lengths, the tied embedding stored once (the output projection is a
+   ``Gemm`` with ``transB=1`` on the embedding table);
+3. the parity gate: onnxruntime vs torch logits on a left-padded prefill and on cached decode
+   steps, max abs diff <= ``PARITY_ATOL`` (1e-4), and greedy tokens identical on a prompt set;
+4. optionally ``--quantize int8`` (onnxruntime dynamic quantization) -> ``model.int8.onnx``, gated
+   on greedy agreement with fp32 (``INT8_MIN_AGREEMENT``), size and speed reported;
+5. ``genai_config.json`` for onnxruntime-genai, ``tokenizer.model`` and ``gptmed.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gptmed.core import (
+    BundleError,
+    BundleManifest,
+    CheckpointManifest,
+    GenerationConfig,
+    ManifestError,
+    sha256_file,
+)
+from gptmed.inference.bundle import (
+    BUNDLE_MANIFEST,
+    GENAI_CONFIG,
+    MODEL_FILE,
+    MODEL_INT8_FILE,
+    TOKENIZER_FILE,
+    expected_io_names,
+    load_bundle,
+)
+
+__all__ = [
+    "INT8_MIN_AGREEMENT",
+    "PARITY_ATOL",
+    "PARITY_PROMPTS",
+    "ExportReport",
+    "ParityError",
+    "check_parity",
+    "export_bundle",
+    "export_onnx",
+    "genai_config",
+]
+
+_log = logging.getLogger(__name__)
+
+PARITY_ATOL = 1e-4  # max |onnx - torch| logit difference in fp32 (prefill and cached decode)
+INT8_MIN_AGREEMENT = 0.90  # int8 greedy next token == fp32's on >= 90% of teacher-forced positions
+PARITY_DECODE_STEPS = 8  # cached decode steps compared one by one
+PARITY_GREEDY_TOKENS = 24  # greedy tokens compared per prompt
+OPSET = 17
+PARITY_PROMPTS = (
+    "What is diabetes?",
+    "How do I reset my password?",
+    "What are the symptoms of the flu?",
+    "How is high blood pressure treated?",
+    "Can children take aspirin?",
+    "What causes headaches?",
+)
+
+_EXPORT_HINT = 'pip install "gptmed-infer[export]"'
+
+
+class ParityError(BundleError):
+    """The exported graph does not reproduce the torch model; no bundle was written."""
+
+
+@dataclass
+class ExportReport:
+    """What an export did and measured."""
+
+    out_dir: Path
+    files: dict[str, int] = field(default_factory=dict)  # file name -> bytes
+    parity: dict[str, Any] = field(default_factory=dict)
+    int8: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(f"export needs torch: {_EXPORT_HINT}") from exc
+    return torch
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for dist in (
+        "gptmed-infer",
+        "gptmed-core",
+        "gptmed-model",
+        "gptmed-tokenizer",
+        "torch",
+        "onnx",
+        "onnxruntime",
+    ):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+# ----------------------------------------------------------------------------------- the graph
+
+
+def _wrapper(model: Any, fast: bool = True) -> Any:
+    """The module that is traced to ONNX.
+
+    ``fast=False`` traces ``GPTTransformer.hidden_states`` itself. ``fast=True`` (the default)
+    traces an export-shaped forward over the *same parameters*: the attention mask is built once
+    (not per layer), the softmax scale is folded into q, and q/k/v come from one permute, so
+    onnxruntime runs about half as many nodes per decode step. The parity gate compares the
+    resulting graph with the torch model either way.
+    """
+    torch = _torch()
+    F = torch.nn.functional
+    cfg = model.config
+    n_layers, nh, hs = cfg.n_layers, cfg.n_heads, cfg.head_dim
+    import gptmed.model.architecture as arch
+
+    # the model's own rotation (its layout is its business): rope() under tracing, else apply_rope()
+    rotate: Any = getattr(arch, "rope", None) or arch.apply_rope
+
+    class KVCacheGraph(torch.nn.Module):  # type: ignore[name-defined,misc]
+        """(input_ids, position_ids, attention_mask, *past) -> (logits, *presents), flat for ONNX."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def _fast_hidden(
+            self, input_ids: Any, position_ids: Any, attention_mask: Any, past: Any
+        ) -> tuple[Any, Any]:
+            m = self.inner
+            b, t = input_ids.shape
+            s = attention_mask.shape[1]  # past + new keys
+            x = m.tok_emb(input_ids)  # (B, T, C)
+            cos = sin = None
+            if m.rope_cos is not None:
+                cos = F.embedding(position_ids, m.rope_cos).unsqueeze(1)  # (B, 1, T, hs/2)
+                sin = F.embedding(position_ids, m.rope_sin).unsqueeze(1)
+            elif m.pos_emb is not None:
+                x = x + m.pos_emb(position_ids)
+            q_pos = torch.arange(t, device=x.device) + (s - t)  # (T,)
+            k_pos = torch.arange(s, device=x.device)  # (S,)
+            keep = (k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)).unsqueeze(0).unsqueeze(0)  # (1, 1, T, S)
+            keep = keep & (attention_mask != 0).unsqueeze(1).unsqueeze(2)  # (B, 1, T, S)
+            neg = torch.finfo(x.dtype).min
+            bias = torch.zeros((), dtype=x.dtype).masked_fill(~keep, neg)  # (B, 1, T, S) additive
+            scale = 1.0 / (hs**0.5)
+            presents = []
+            for i, blk in enumerate(m.blocks):
+                a = blk.attn
+                qkv = a.qkv(blk.ln1(x)).view(b, t, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+                q, k, v = qkv.unbind(0)
+                if cos is not None and sin is not None:
+                    q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # cos, sin: (B, 1, T, hs/2)
+                k = torch.cat((past[2 * i], k), dim=2)  # (B, nh, S, hs)
+                v = torch.cat((past[2 * i + 1], v), dim=2)
+                att = torch.matmul(q * scale, k.transpose(-2, -1)) + bias  # (B, nh, T, S)
+                y = torch.matmul(torch.softmax(att, dim=-1), v)  # (B, nh, T, hs)
+                x = x + a.proj(y.transpose(1, 2).reshape(b, t, nh * hs))
+                x = x + blk.mlp.proj(F.gelu(blk.mlp.fc(blk.ln2(x)), approximate="tanh"))
+                presents += [k, v]
+            return m.ln_f(x), presents
+
+        def forward(
+            self, input_ids: Any, position_ids: Any, attention_mask: Any, *past: Any
+        ) -> tuple[Any, ...]:
+            if fast:
+                h, out = self._fast_hidden(input_ids, position_ids, attention_mask, past)
+            else:
+                pkv = tuple((past[2 * i], past[2 * i + 1]) for i in range(n_layers))
+                h, presents = self.inner.hidden_states(
+                    input_ids, position_ids=position_ids, attention_mask=attention_mask, past_key_values=pkv
+                )  # (B, T, C)
+                out = [t for kv in presents for t in kv]
+            b, t, c = h.shape
+            weight = self.inner.tok_emb.weight  # (V, C): one initializer for Gather and Gemm
+            logits = torch.nn.functional.linear(h.reshape(-1, c), weight).reshape(b, t, -1)  # (B, T, V)
+            return (logits, *out)
+
+    return KVCacheGraph(model).eval()
+
+
+def export_onnx(model: Any, path: str | os.PathLike[str], fast: bool = True) -> tuple[list[str], list[str]]:
+    """Write ``model`` (a ``GPTTransformer``) as a KV-cache ONNX graph to ``path``; return I/O names.
+
+    ``fast``: trace the export-shaped forward (see :func:`_wrapper`) instead of the model's own."""
+    torch = _torch()
+    from gptmed.model import use_backend
+
+    cfg = model.config
+    inputs, outputs = expected_io_names(cfg.n_layers)
+    b, t, p = 2, 3, 4  # > 1 each, so no dimension is specialised
+    ids = torch.randint(0, cfg.vocab_size, (b, t), dtype=torch.int64)
+    pos = torch.arange(p, p + t, dtype=torch.int64).expand(b, t).contiguous()
+    mask = torch.ones((b, p + t), dtype=torch.int64)
+    past = [torch.zeros((b, cfg.n_heads, p, cfg.head_dim)) for _ in range(2 * cfg.n_layers)]
+    dynamic: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "position_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "logits": {0: "batch", 1: "sequence"},
+    }
+    for name in inputs[3:]:
+        dynamic[name] = {0: "batch", 2: "past_sequence"}
+    for name in outputs[1:]:
+        dynamic[name] = {0: "batch", 2: "total_sequence"}
+    wrapper = _wrapper(model, fast=fast)
+    with use_backend("math"), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (ids, pos, mask, *past),
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    _dedupe_initializers(Path(path))
+    return inputs, outputs
+
+
+def _dedupe_initializers(path: Path) -> None:
+    """Store the tied embedding once: the exporter constant-folds ``W.T`` for the output projection
+    into a second (C, V) initializer; replace ``MatMul(h, W.T)`` by ``Gemm(h, W, transB=1)``.
+    Then fail if any weight matrix is still stored twice."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    arrays = {
+        n: numpy_helper.to_array(i)
+        for n, i in inits.items()
+        if len(i.dims) == 2 and i.dims[0] * i.dims[1] > 4096
+    }
+    changed = False
+    for name_t, arr_t in list(arrays.items()):
+        for name, arr in arrays.items():
+            if name == name_t or arr.shape != arr_t.shape[::-1] or not np.array_equal(arr.T, arr_t):
+                continue
+            for idx, node in enumerate(graph.node):
+                if node.op_type == "MatMul" and node.input[1] == name_t:
+                    gemm = helper.make_node(
+                        "Gemm", [node.input[0], name], list(node.output), name=node.name + "_tied", transB=1
+                    )
+                    graph.node.remove(node)
+                    graph.node.insert(idx, gemm)
+                    changed = True
+                    break
+            if not any(name_t in n.input for n in graph.node):
+                graph.initializer.remove(inits[name_t])
+            break
+    if changed:
+        onnx.checker.check_model(model)
+        onnx.save_model(model, str(path))
+    seen: dict[bytes, str] = {}
+    for init in model.graph.initializer:
+        if len(init.raw_data) > (1 << 16):
+            if init.raw_data in seen:
+                raise BundleError(
+                    f"exported graph stores a weight twice ({seen[init.raw_data]} and {init.name})"
+                )
+            seen[init.raw_data] = init.name
+
+
+# ----------------------------------------------------------------------------------- parity
+
+
+def _prompt_set(tokenizer: Any, config: Any, prompts: Sequence[str]) -> list[list[int]]:
+    bos = tokenizer.special_ids.bos
+    ids = [[bos, *tokenizer.encode(tokenizer.template.render_prompt(p))] for p in prompts]
+    limit = max(4, config.max_seq_len - PARITY_GREEDY_TOKENS - 1)
+    return [p[:limit] for p in ids]
+
+
+def check_parity(
+    torch_backend: Any, onnx_backend: Any, prompt_ids: list[list[int]], atol: float = PARITY_ATOL
+) -> dict[str, Any]:
+    """Compare onnxruntime with torch; raise :class:`ParityError` on any difference past ``atol``.
+
+    Prefill: the prompt set as one left-padded batch, every real position's logits. Decode:
+    ``PARITY_DECODE_STEPS`` cached steps feeding torch's greedy tokens to both. Greedy: each
+    prompt alone, ``PARITY_GREEDY_TOKENS`` tokens, must be identical.
+    """
+    from gptmed.inference.sampling import Sampler
+
+    cfg = torch_backend.config
+    batch, width = len(prompt_ids), max(len(p) for p in prompt_ids)
+    ids = np.zeros((batch, width), dtype=np.int64)
+    mask = np.zeros((batch, width), dtype=np.int64)
+    for row, p in enumerate(prompt_ids):
+        ids[row, width - len(p) :] = p
+        mask[row, width - len(p) :] = 1
+    real = mask.astype(bool)
+    full_t = torch_backend.forward(ids, mask)  # (B, T, V)
+    full_o = onnx_backend.forward(ids, mask)
+    prefill_diff = float(np.abs(full_t - full_o)[real].max())
+    lt, st = torch_backend.prefill(ids, mask)
+    lo, so = onnx_backend.prefill(ids, mask)
+    decode_diff = float(np.abs(lt - lo).max())
+    steps = min(PARITY_DECODE_STEPS, cfg.max_seq_len - width)
+    for _ in range(steps):
+        tokens = np.argmax(lt, axis=-1).astype(np.int64)
+        lt = torch_backend.decode(st, tokens)
+        lo = onnx_backend.decode(so, tokens)
+        decode_diff = max(decode_diff, float(np.abs(lt - lo).max()))
+    report: dict[str, Any] = {
+        "atol": atol,
+        "prefill_max_abs_diff": prefill_diff,
+        "decode_max_abs_diff": decode_diff,
+        "decode_steps": steps,
+        "prompts": batch,
+    }
+    if not (prefill_diff <= atol and decode_diff <= atol):
+        raise ParityError(
+            f"parity gate failed: ONNX logits differ from torch by {max(prefill_diff, decode_diff):.3g} "
+            f"(prefill {prefill_diff:.3g}, cached decode {decode_diff:.3g}; allowed {atol:g})",
+            hint="no bundle was written; report this with the checkpoint's model config",
+        )
+    greedy = GenerationConfig(temperature=0.0, max_length=PARITY_GREEDY_TOKENS)
+    mismatched = []
+    for n, p in enumerate(prompt_ids):
+        max_new = min(PARITY_GREEDY_TOKENS, cfg.max_seq_len - len(p))
+        a = _greedy(torch_backend, p, max_new, greedy, Sampler)
+        b = _greedy(onnx_backend, p, max_new, greedy, Sampler)
+        if a != b:
+            mismatched.append(n)
+    report["greedy_prompts_identical"] = batch - len(mismatched)
+    if mismatched:
+        raise ParityError(
+            f"parity gate failed: greedy tokens differ between ONNX and torch on prompts {mismatched}",
+            hint="no bundle was written; report this with the checkpoint's model config",
+        )
+    return report
+
+
+def _greedy(
+    backend: Any, prompt: list[int], max_new: int, cfg: GenerationConfig, sampler_cls: Any
+) -> list[int]:
+    ids = np.asarray([prompt], dtype=np.int64)
+    logits, state = backend.prefill(ids, np.ones_like(ids))
+    sampler = sampler_cls(cfg, 1, backend.config.vocab_size)
+    out: list[int] = []
+    for step in range(max_new):
+        tok = sampler.next_tokens(logits)
+        out.append(int(tok[0]))
+        if step < max_new - 1:
+            logits = backend.decode(state, tok)
+    return out
+
+
+# ----------------------------------------------------------------------------------- int8
+
+
+def _decode_speed(backend: Any, prompt: list[int], tokens: int = 32) -> float:
+    """ms per decode step (batch 1, greedy) after one warm-up."""
+    cfg = GenerationConfig(temperature=0.0, max_length=tokens)
+    from gptmed.inference.sampling import Sampler
+
+    tokens = min(tokens, backend.config.max_seq_len - len(prompt))
+    _greedy(backend, prompt, 2, cfg, Sampler)
+    start = time.perf_counter()
+    _greedy(backend, prompt, tokens, cfg, Sampler)
+    return (time.perf_counter() - start) * 1000.0 / max(tokens, 1)
+
+
+def quantize_int8(
+    fp32_path: Path,
+    int8_path: Path,
+    fp32_backend: Any,
+    make_backend: Any,
+    prompt_ids: list[list[int]],
+    min_agreement: float = INT8_MIN_AGREEMENT,
+) -> dict[str, Any]:
+    """Dynamic int8 quantization of the MatMul/Gemm weights, gated on greedy agreement with fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            str(fp32_path),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+    int8_backend = make_backend(int8_path)
+    greedy = GenerationConfig(temperature=0.0, max_length=PARITY_GREEDY_TOKENS)
+    from gptmed.inference.sampling import Sampler
+
+    agree = total = 0
+    for p in prompt_ids:
+        max_new = min(PARITY_GREEDY_TOKENS, fp32_backend.config.max_seq_len - len(p))
+        seq = _greedy(fp32_backend, p, max_new, greedy, Sampler)
+        full = np.asarray([p + seq[:-1]], dtype=np.int64)  # teacher forcing with fp32's tokens
+        logits = int8_backend.forward(full, np.ones_like(full))[0, len(p) - 1 :]  # (max_new, V)
+        agree += int((np.argmax(logits, axis=-1) == np.asarray(seq)).sum())
+        total += len(seq)
+    agreement = agree / max(total, 1)
+    report = {
+        "min_agreement": min_agreement,
+        "greedy_agreement": round(agreement, 4),
+        "positions": total,
+        "fp32_bytes": fp32_path.stat().st_size,
+        "int8_bytes": int8_path.stat().st_size,
+        "fp32_ms_per_token": round(_decode_speed(fp32_backend, prompt_ids[0]), 3),
+        "int8_ms_per_token": round(_decode_speed(int8_backend, prompt_ids[0]), 3),
+    }
+    if agreement < min_agreement:
+        raise ParityError(
+            f"int8 gate failed: greedy agreement with fp32 is {agreement:.1%} < {min_agreement:.0%} "
+            f"over {total} teacher-forced positions",
+            hint="export without --quantize (the fp32 bundle is exact), or train longer",
+        )
+    return report
+
+
+# ----------------------------------------------------------------------------------- genai
+
+
+def genai_config(
+    config: Any, special_ids: Any, generation: GenerationConfig, model_file: str = MODEL_FILE
+) -> dict[str, Any]:
+    """``genai_config.json`` so that onnxruntime-genai loads the bundle's graph (decoder type gpt2-like)."""
+    return {
+        "model": {
+            "bos_token_id": special_ids.bos,
+            "eos_token_id": special_ids.eos,
+            "pad_token_id": special_ids.pad,
+            "context_length": config.max_seq_len,
+            "vocab_size": config.vocab_size,
+            "type": "llama",  # a plain decoder with position_ids; "gpt2" ignores position_ids
+            "decoder": {
+                "session_options": {"log_id": "gptmed", "provider_options": []},
+                "filename": model_file,
+                "head_size": config.head_dim,
+                "hidden_size": config.d_model,
+                "num_attention_heads": config.n_heads,
+                "num_key_value_heads": config.n_heads,
+                "num_hidden_layers": config.n_layers,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+            },
+        },
+        "search": {
+            "do_sample": generation.temperature > 0,
+            "early_stopping": True,
+            "length_penalty": 1.0,
+            "max_length": config.max_seq_len,
+            "min_length": 0,
+            "no_repeat_ngram_size": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,
+            "repetition_penalty": generation.repetition_penalty,
+            "temperature": generation.temperature if generation.temperature > 0 else 1.0,
+            "top_k": generation.top_k,
+            "top_p": generation.top_p,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------- bundle
+
+
+def _resolve_tokenizer(
+    tokenizer_path: str | os.PathLike[str] | None, manifest: CheckpointManifest | None, checkpoint: Path
+) -> Path:
+    if tokenizer_path is None:
+        recorded = manifest.extra.get("tokenizer_path") if manifest else None
+        if not recorded:
+            raise ManifestError(
+                "the checkpoint records no tokenizer",
+                where=str(checkpoint),
+                hint="pass --tokenizer PATH.model (the tokenizer the model was trained with)",
+            )
+        tokenizer_path = recorded
+    return Path(tokenizer_path)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise BundleError(
+                "output exists and is not a folder", where=str(out), hint="choose another --out"
+            )
+        entries = list(out.iterdir())
+        if entries and not (out / BUNDLE_MANIFEST).is_file():
+            raise BundleError(
+                "output folder is not empty and is not a bundle; refusing to replace it",
+                where=str(out),
+                hint="choose an empty or new --out folder",
+            )
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export_bundle(
+    checkpoint_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    tokenizer_path: str | os.PathLike[str] | None = None,
+    quantize: str | None = None,
+    *,
+    parity_prompts: Sequence[str] = PARITY_PROMPTS,
+    min_int8_agreement: float = INT8_MIN_AGREEMENT,
+    generation: GenerationConfig | None = None,
+) -> Path:
+    """Export the checkpoint at ``checkpoint_path`` to the bundle folder ``out_dir``; return it.
+
+    See :func:`export_bundle_report` for the measurements.
+    """
+    return export_bundle_report(
+        checkpoint_path,
+        out_dir,
+        tokenizer_path,
+        quantize,
+        parity_prompts=parity_prompts,
+        min_int8_agreement=min_int8_agreement,
+        generation=generation,
+    ).out_dir
+
+
+def export_bundle_report(
+    checkpoint_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    tokenizer_path: str | os.PathLike[str] | None = None,
+    quantize: str | None = None,
+    *,
+    parity_prompts: Sequence[str] = PARITY_PROMPTS,
+    min_int8_agreement: float = INT8_MIN_AGREEMENT,
+    generation: GenerationConfig | None = None,
+) -> ExportReport:
+    """:func:`export_bundle` returning an :class:`ExportReport` (sizes, parity figures, int8 figures)."""
+    start = time.perf_counter()
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    from gptmed.inference.backends import OnnxBackend
+    from gptmed.inference.bundle import Bundle
+    from gptmed.inference.generator import load_tokenizer
+    from gptmed.inference.torch_backend import TorchBackend, load_checkpoint_model
+
+    ckpt = Path(checkpoint_path)
+    out = Path(out_dir)
+    model, ckpt_manifest = load_checkpoint_model(ckpt)
+    cfg = model.config
+    tok_path = _resolve_tokenizer(tokenizer_path, ckpt_manifest, ckpt)
+    template = ckpt_manifest.template if ckpt_manifest else None
+    tokenizer = load_tokenizer(tok_path, template) if template else load_tokenizer(tok_path)
+    if (
+        ckpt_manifest
+        and ckpt_manifest.tokenizer_sha256
+        and ckpt_manifest.tokenizer_sha256 != tokenizer.sha256
+    ):
+        raise ManifestError(
+            f"tokenizer {tok_path} (sha256 {tokenizer.sha256[:12]}...) is not the one the checkpoint was trained "
+            f"with (sha256 {ckpt_manifest.tokenizer_sha256[:12]}...)",
+            where=str(tok_path),
+            hint="pass the tokenizer recorded in the checkpoint (or omit --tokenizer)",
+        )
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ManifestError(
+            f"tokenizer has {tokenizer.vocab_size} ids, the model {cfg.vocab_size}",
+            where=str(tok_path),
+            hint="use the tokenizer the model was trained with",
+        )
+    special_ids = ckpt_manifest.special_ids if ckpt_manifest else tokenizer.special_ids
+    gen = generation or GenerationConfig()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)
+    report = ExportReport(out_dir=out)
+    try:
+        inputs, outputs = export_onnx(model, tmp / MODEL_FILE)
+        shutil.copyfile(tok_path, tmp / TOKENIZER_FILE)
+        files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE), TOKENIZER_FILE: tokenizer.sha256}
+        draft = BundleManifest(
+            model_config=cfg,
+            files=dict(files),
+            inputs=inputs,
+            outputs=outputs,
+            special_ids=special_ids,
+            template=tokenizer.template,
+            generation=gen,
+            tokenizer_sha256=tokenizer.sha256,
+        )
+        draft.save(tmp / BUNDLE_MANIFEST)
+
+        def onnx_backend(path: Path) -> OnnxBackend:
+            return OnnxBackend(Bundle(tmp, draft, path.name, path.read_bytes(), tmp / TOKENIZER_FILE))
+
+        fp32 = onnx_backend(tmp / MODEL_FILE)
+        torch_be = TorchBackend(model)
+        prompts = _prompt_set(tokenizer, cfg, parity_prompts)
+        graph = "fast"
+        try:
+            report.parity = check_parity(torch_be, fp32, prompts)
+        except ParityError as exc:
+            # The export-shaped forward no longer matches this model (e.g. gptmed-model changed its
+            # RoPE layout): fall back to tracing the model's own forward, gated the same way.
+            _log.warning("fast graph failed the parity gate (%s); exporting the model's own forward", exc)
+            graph = "reference"
+            export_onnx(model, tmp / MODEL_FILE, fast=False)
+            files[MODEL_FILE] = sha256_file(tmp / MODEL_FILE)
+            draft = BundleManifest(
+                model_config=cfg,
+                files=dict(files),
+                inputs=inputs,
+                outputs=outputs,
+                special_ids=special_ids,
+                template=tokenizer.template,
+                generation=gen,
+                tokenizer_sha256=tokenizer.sha256,
+            )
+            fp32 = onnx_backend(tmp / MODEL_FILE)
+            report.parity = check_parity(torch_be, fp32, prompts)
+        report.parity["graph"] = graph
+        _log.info("parity gate passed: %s", report.parity)
+        extra: dict[str, Any] = {
+            "parity": report.parity,
+            "checkpoint": str(ckpt.resolve()),
+            "checkpoint_sha256": sha256_file(ckpt),
+            "variants": {"fp32": MODEL_FILE},
+        }
+        if ckpt_manifest is not None:
+            extra["step"] = ckpt_manifest.step
+            extra["val_loss"] = ckpt_manifest.extra.get("val_loss")
+        if quantize == "int8":
+            report.int8 = quantize_int8(
+                tmp / MODEL_FILE, tmp / MODEL_INT8_FILE, fp32, onnx_backend, prompts, min_int8_agreement
+            )
+            files[MODEL_INT8_FILE] = sha256_file(tmp / MODEL_INT8_FILE)
+            extra["int8"] = report.int8
+            extra["variants"]["int8"] = MODEL_INT8_FILE
+        (tmp / GENAI_CONFIG).write_text(
+            json.dumps(genai_config(cfg, special_ids, gen), indent=2) + "\n", encoding="utf-8"
+        )
+        files[GENAI_CONFIG] = sha256_file(tmp / GENAI_CONFIG)
+        versions = _versions()
+        versions["onnx_opset"] = str(OPSET)
+        manifest = BundleManifest(
+            model_config=cfg,
+            files=files,
+            inputs=inputs,
+            outputs=outputs,
+            special_ids=special_ids,
+            template=tokenizer.template,
+            generation=gen,
+            tokenizer_sha256=tokenizer.sha256,
+            versions=versions,
+            extra=extra,
+        )
+        manifest.save(tmp / BUNDLE_MANIFEST)
+        load_bundle(tmp)  # the bundle verifies as the runtime will see it
+        report.files = {name: (tmp / name).stat().st_size for name in [*files, BUNDLE_MANIFEST]}
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report.seconds = time.perf_counter() - start
+    return report

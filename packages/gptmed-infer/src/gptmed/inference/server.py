@@ -1,0 +1,478 @@
+"""``gptmed-infer serve``: an OpenAI-compatible HTTP API over a bundle (the ``[serve]`` extra).
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
+``GET /health``. Starlette + uvicorn. Guarantees (RELIABILITY.md "HTTP server"):
+
+* binds 127.0.0.1 by default; a public bind without an API key logs a loud warning;
+* ``Authorization: Bearer KEY`` compared in constant time (``hmac.compare_digest``);
+* every error is ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status: body over
+  the cap -> 413 before parsing; non-JSON, invalid UTF-8 or lone surrogates, empty ``messages``,
+  ``max_tokens`` above the cap, NaN/negative temperature, ``top_p`` outside (0, 1] -> 400;
+  prompt + ``max_tokens`` over the context -> 400 ``context_length_exceeded``;
+* at most ``max_concurrency`` generations run and ``max_queue`` wait; more get a fast 429;
+* streaming is OpenAI SSE (``data: {...}`` chunks, then ``data: [DONE]``); a client that
+  disconnects mid-stream stops its generation within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from gptmed.core import ConfigError, GptmedError
+from gptmed.inference.sampling import make_config
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+__all__ = ["ServerConfig", "create_app", "serve"]
+
+_log = logging.getLogger(__name__)
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"  # interface to bind; anything else is public
+    port: int = 8000
+    api_key: str | None = None  # clients must send "Authorization: Bearer <key>"
+    max_concurrency: int = 4  # generations running at once
+    max_queue: int = 4  # requests waiting for a slot; beyond that: 429
+    max_tokens: int = 256  # cap on max_tokens per request
+    max_body: int = 65536  # request body cap in bytes (413 above)
+    model_name: str = "gptmed"
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+class _Slots:
+    """A concurrency limit with a bounded wait queue; over the bound: fast 429."""
+
+    def __init__(self, running: int, queue: int) -> None:
+        self._sem = asyncio.Semaphore(running)
+        self._limit = running + queue
+        self.inside = 0  # running + waiting
+        self.active = 0
+        self.cancelled = 0  # generations stopped because the client went away
+
+    async def acquire(self) -> None:
+        if self.inside >= self._limit:
+            raise APIError(
+                429, "too many concurrent requests; retry shortly", "requests", None, "rate_limit_exceeded"
+            )
+        self.inside += 1
+        await self._sem.acquire()
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self.inside -= 1
+        self._sem.release()
+
+
+def _check_str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise APIError(400, f"'{name}' must be a string", param=name, code="invalid_type")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(
+            400, f"'{name}' is not valid Unicode (lone surrogate)", param=name, code="invalid_unicode"
+        ) from None
+    return value
+
+
+def _number(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        raise APIError(
+            400,
+            f"'{name}' must be a finite {'integer' if kind is int else 'number'}, got {value!r}",
+            param=name,
+            code="invalid_value",
+        )
+    return kind(value)
+
+
+class _Api:
+    def __init__(self, generator: Any, config: ServerConfig) -> None:
+        self.gen = generator
+        self.cfg = config
+        self.slots: _Slots | None = None
+
+    def _slots(self) -> _Slots:
+        if self.slots is None:  # created inside the server's event loop
+            self.slots = _Slots(self.cfg.max_concurrency, self.cfg.max_queue)
+        return self.slots
+
+    # -------------------------------------------------------------------------- request parsing
+    def _auth(self, request: Request) -> None:
+        if not self.cfg.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = self.cfg.api_key.encode("utf-8")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), expected
+        ):
+            raise APIError(
+                401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key"
+            )
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        cap = self.cfg.max_body
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > cap):
+            raise APIError(413, f"request body is larger than {cap} bytes", code="request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise APIError(413, f"request body is larger than {cap} bytes", code="request_too_large")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise APIError(
+                400, f"request body is not valid UTF-8 (byte offset {exc.start})", code="invalid_unicode"
+            ) from None
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise APIError(
+                400, f"request body is not valid JSON ({exc.msg} at line {exc.lineno})", code="invalid_json"
+            ) from None
+        if not isinstance(body, dict):
+            raise APIError(400, "request body must be a JSON object", code="invalid_json")
+        return body
+
+    def _params(self, body: dict[str, Any], prompt: str) -> tuple[dict[str, Any], int]:
+        n = body.get("n", 1)
+        if n != 1:
+            raise APIError(400, "only n=1 is supported", param="n", code="invalid_value")
+        max_tokens = _number(body, "max_tokens", int)
+        if max_tokens is None:
+            max_tokens = _number(body, "max_completion_tokens", int)
+        cap = self.cfg.max_tokens
+        if max_tokens is not None and not 1 <= max_tokens <= cap:
+            raise APIError(
+                400,
+                f"max_tokens must be in [1, {cap}], got {max_tokens}",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        stop = body.get("stop")
+        if stop is not None:
+            stops = [stop] if isinstance(stop, str) else stop
+            if (
+                not isinstance(stops, list)
+                or not all(isinstance(s, str) and s for s in stops)
+                or len(stops) > 4
+            ):
+                raise APIError(
+                    400,
+                    "'stop' must be a non-empty string or a list of up to 4",
+                    param="stop",
+                    code="invalid_value",
+                )
+            stop = tuple(_check_str(s, "stop") for s in stops)
+        params = {
+            "temperature": _number(body, "temperature", float),
+            "top_p": _number(body, "top_p", float),
+            "top_k": _number(body, "top_k", int),
+            "seed": _number(body, "seed", int),
+            "repetition_penalty": _number(body, "repetition_penalty", float),
+            "stop": stop,
+        }
+        if not prompt.strip():
+            raise APIError(
+                400,
+                "the prompt is empty",
+                param="messages" if "messages" in body else "prompt",
+                code="invalid_value",
+            )
+        try:
+            n_prompt = len(self.gen.encode_prompt(prompt))
+        except (ValueError, GptmedError) as exc:
+            raise APIError(400, str(exc), param="prompt", code="invalid_value") from None
+        ctx = self.gen.config.max_seq_len
+        room = ctx - n_prompt
+        if max_tokens is None:
+            max_tokens = min(cap, room)
+        if max_tokens > room or room <= 0:
+            raise APIError(
+                400,
+                f"this model's maximum context length is {ctx} tokens; the prompt has {n_prompt} and "
+                f"max_tokens is {max_tokens}",
+                param="max_tokens" if room > 0 else "messages",
+                code="context_length_exceeded",
+            )
+        params["max_length"] = max_tokens
+        try:
+            make_config(self.gen.defaults, **params)
+        except ConfigError as exc:
+            name = next((k for k in params if k in str(exc)), None)
+            raise APIError(400, str(exc), param=name, code="invalid_value") from None
+        return {k: v for k, v in params.items() if v is not None}, n_prompt
+
+    # -------------------------------------------------------------------------- generation
+    async def _run(self, request: Request, chat: bool) -> Response:
+        self._auth(request)
+        body = await self._body(request)
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise APIError(
+                    400, "'messages' must be a non-empty list", param="messages", code="invalid_value"
+                )
+            prompt = None
+            for m in messages:
+                if not isinstance(m, dict) or "role" not in m:
+                    raise APIError(
+                        400,
+                        "each message needs a 'role' and 'content'",
+                        param="messages",
+                        code="invalid_value",
+                    )
+                content = m.get("content")
+                if isinstance(content, list):  # content parts: keep the text ones
+                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = _check_str(content, "messages")
+                if m["role"] == "user":
+                    prompt = content  # the template is one question -> one answer: the last user turn
+            if prompt is None:
+                raise APIError(400, "'messages' has no user message", param="messages", code="invalid_value")
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            prompt = _check_str(prompt, "prompt")
+        params, n_prompt = self._params(body, prompt)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise APIError(400, "'stream' must be a boolean", param="stream", code="invalid_type")
+        slots = self._slots()
+        await slots.acquire()
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        if stream:
+            return StreamingResponse(
+                self._sse(prompt, params, n_prompt, chat, ident, slots),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        try:
+            (result,) = await asyncio.to_thread(self.gen.generate_results, [prompt], **params)
+        finally:
+            slots.release()
+        finish = "length" if result.finish_reason == "length" else "stop"
+        usage = {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": len(result.token_ids),
+            "total_tokens": n_prompt + len(result.token_ids),
+        }
+        base = {"id": ident, "created": int(time.time()), "model": self.cfg.model_name, "usage": usage}
+        if chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            return JSONResponse({**base, "object": "chat.completion", "choices": [choice]})
+        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": finish}
+        return JSONResponse({**base, "object": "text_completion", "choices": [choice]})
+
+    async def _sse(
+        self, prompt: str, params: dict[str, Any], n_prompt: int, chat: bool, ident: str, slots: _Slots
+    ) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        created = int(time.time())
+        cfg = make_config(self.gen.defaults, **params)
+
+        def produce() -> None:
+            try:
+                for _row, piece, stream in self.gen._answers([prompt], cfg, stop.is_set):
+                    if stream is not None:
+                        n = len(stream.ids)
+                        reason = "length" if (not stream.stopped and n >= cfg.max_length) else "stop"
+                        loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+                        loop.call_soon_threadsafe(queue.put_nowait, ("end", (reason, n)))
+                    elif piece:
+                        loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+                    if stop.is_set():
+                        break
+            except Exception as exc:  # surfaced to the client as an error event
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", str(exc)))
+
+        def chunk(delta: dict[str, Any] | str, finish: str | None) -> bytes:
+            if chat:
+                obj = {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": self.cfg.model_name,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                }
+            else:
+                obj = {
+                    "id": ident,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": self.cfg.model_name,
+                    "choices": [{"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}],
+                }
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+        worker = loop.run_in_executor(None, produce)
+        finished = False
+        try:
+            if chat:
+                yield chunk({"role": "assistant", "content": ""}, None)
+            while True:
+                kind, value = await queue.get()
+                if kind == "piece":
+                    if value:
+                        yield chunk({"content": value} if chat else value, None)
+                elif kind == "end":
+                    reason, _n = value
+                    yield chunk({} if chat else "", reason)
+                    yield b"data: [DONE]\n\n"
+                    finished = True
+                    return
+                else:
+                    err = {"error": {"message": value, "type": "server_error", "param": None, "code": None}}
+                    yield f"data: {json.dumps(err)}\n\n".encode()
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                slots.cancelled += 1
+            stop.set()
+            try:
+                await asyncio.shield(worker)
+            finally:
+                slots.release()
+
+    # -------------------------------------------------------------------------- routes
+    async def chat(self, request: Request) -> Response:
+        return await self._guard(self._run(request, chat=True))
+
+    async def completions(self, request: Request) -> Response:
+        return await self._guard(self._run(request, chat=False))
+
+    async def _guard(self, coro: Any) -> Response:
+        try:
+            return await coro  # type: ignore[no-any-return]
+        except APIError as exc:
+            return exc.response()
+        except ClientDisconnect:
+            return Response(status_code=499)
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self._auth(request)
+        except APIError as exc:
+            return exc.response()
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "gptmed"}],
+            }
+        )
+
+    async def health(self, request: Request) -> Response:
+        s = self._slots()
+        return JSONResponse(
+            {"status": "ok", "active": s.active, "waiting": s.inside - s.active, "cancelled": s.cancelled}
+        )
+
+
+def create_app(generator: Any, config: ServerConfig | None = None) -> Starlette:
+    """The ASGI app serving ``generator`` (a :class:`~gptmed.inference.TextGenerator`)."""
+    cfg = config or ServerConfig()
+    api = _Api(generator, cfg)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return APIError(404, f"no route {request.url.path}", code="not_found").response()
+
+    async def bad_method(request: Request, exc: Exception) -> Response:
+        return APIError(
+            405, f"method {request.method} not allowed on {request.url.path}", code="method_not_allowed"
+        ).response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        _log.exception("unhandled error")
+        return APIError(500, "internal error", "server_error").response()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", api.chat, methods=["POST"]),
+            Route("/v1/completions", api.completions, methods=["POST"]),
+            Route("/v1/models", api.models, methods=["GET"]),
+            Route("/health", api.health, methods=["GET"]),
+        ],
+        exception_handlers={404: not_found, 405: bad_method, 500: server_error},
+    )
+    app.state.api = api
+    return app
+
+
+def check_bind(config: ServerConfig) -> None:
+    """Warn loudly about a public bind without an API key."""
+    if config.host not in _LOCAL_HOSTS and not config.api_key:
+        _log.warning(
+            "!!! serving on %s WITHOUT an API key: anyone who can reach this port can use the model. "
+            "Pass --api-key (or GPTMED_API_KEY) or bind 127.0.0.1. !!!",
+            config.host,
+        )
+
+
+def serve(generator: Any, config: ServerConfig | None = None) -> None:
+    """Run the server until interrupted (uvicorn)."""
+    import uvicorn
+
+    cfg = config or ServerConfig()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_bind(cfg)
+    uvicorn.run(
+        create_app(generator, cfg),
+        host=cfg.host,
+        port=cfg.port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,170 @@
+"""The console scripts, run as real processes (and with CliRunner where a process adds nothing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from gptmed.inference.cli import generate_main, main
+
+
+def _run(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from gptmed.inference.cli import generate_main, main; sys.argv[0] = 'x'; "
+    code += "generate_main()" if args[0] == "gptmed-generate" else "main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args[1:]],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def test_quick_start_defaults_prompt_alone(artifacts) -> None:  # type: ignore[no-untyped-def]
+    # checkpoint defaults to model/checkpoints/best_model.pt, the tokenizer to the one it records
+    r = _run(["gptmed-generate", "--prompt", "What is fever?", "--temperature", "0"], artifacts.root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "A body temperature above 38 degrees."
+
+
+def test_manual_flags_on_a_bundle_and_stream(artifacts) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    base = ["--checkpoint", str(artifacts.bundle), "--tokenizer", str(artifacts.bundle / "tokenizer.model")]
+    r = runner.invoke(
+        generate_main,
+        [
+            *base,
+            "--prompt",
+            "Explain 腎臓.",
+            "--max-length",
+            "40",
+            "--temperature",
+            "0",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.9",
+            "--stream",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "The kidney (腎臓) filters the blood."
+    r = runner.invoke(
+        generate_main,
+        [
+            "--checkpoint",
+            str(artifacts.bundle / "model.onnx"),
+            "--prompt",
+            "What is fever?",
+            "--temperature",
+            "1",
+            "--seed",
+            "3",
+            "--repetition-penalty",
+            "1.1",
+            "--int8",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+
+
+def test_prompts_from_stdin_give_qa_text(artifacts) -> None:  # type: ignore[no-untyped-def]
+    r = CliRunner().invoke(
+        generate_main,
+        ["--checkpoint", str(artifacts.bundle), "--temperature", "0", "--prompts-file", "-"],
+        input="What is fever?\n\nExplain asthma.\n",
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output == (
+        "Q: What is fever?\nA: A body temperature above 38 degrees.\n\n"
+        "Q: Explain asthma.\nA: A disease that narrows the airways.\n\n"
+    )
+    r = CliRunner().invoke(
+        generate_main,
+        [
+            "--checkpoint",
+            str(artifacts.bundle),
+            "--temperature",
+            "0",
+            "--json",
+            "--prompt",
+            "What is fever?",
+            "--stop",
+            "38",
+        ],
+    )
+    assert json.loads(r.output) == {"prompt": "What is fever?", "answer": "A body temperature above"}
+
+
+def test_interactive(artifacts) -> None:  # type: ignore[no-untyped-def]
+    r = CliRunner().invoke(
+        generate_main,
+        ["--checkpoint", str(artifacts.bundle), "--temperature", "0", "-i"],
+        input="What is fever?\nexit\n",
+    )
+    assert r.exit_code == 0, r.output
+    assert "A: A body temperature above 38 degrees." in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperature", "nan"], "Error: temperature must be a finite number"),
+        (["--top-p", "1.5"], "Error: top_p must be in (0, 1]"),
+        (["--top-k", "-1"], "Error: top_k must be an integer >= 0"),
+        (["--max-length", "500"], "Error: prompt 0 has"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1(artifacts, args, message) -> None:  # type: ignore[no-untyped-def]
+    r = _run(
+        ["gptmed-generate", "--checkpoint", str(artifacts.bundle), "--prompt", "What is fever?", *args],
+        artifacts.root,
+    )
+    assert r.returncode == 1
+    assert r.stderr.startswith(message), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_missing_checkpoint_and_usage_errors(tmp_path: Path) -> None:
+    r = _run(["gptmed-generate", "--prompt", "hi"], tmp_path)
+    assert r.returncode == 1 and "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
+    r2 = CliRunner().invoke(generate_main, ["--max-length", "0", "--prompt", "x"])
+    assert r2.exit_code == 2
+
+
+def test_eval_table_and_json(artifacts) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    r = runner.invoke(
+        main, ["eval", "--bundle", str(artifacts.bundle), "--data", str(artifacts.qa), "--limit", "6"]
+    )
+    assert r.exit_code == 0, r.output
+    for metric in ("perplexity", "exact match", "token F1", "ROUGE-L"):
+        assert metric in r.output
+    r = runner.invoke(
+        main,
+        ["eval", "--bundle", str(artifacts.bundle), "--data", str(artifacts.qa), "--json", "--limit", "6"],
+    )
+    report = json.loads(r.output)
+    assert report["pairs"] == 6
+    assert report["exact_match"] >= 0.8 and report["perplexity"] < 2.0
+
+
+def test_export_and_info_commands(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    out = tmp_path / "b2"
+    r = runner.invoke(main, ["export", "--checkpoint", str(artifacts.checkpoint), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "parity" in r.output and (out / "gptmed.json").is_file()
+    r = runner.invoke(main, ["info", str(out)])
+    assert r.exit_code == 0 and '"format": "gptmed.bundle"' in r.output
+    r = runner.invoke(
+        main, ["export", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "b3")]
+    )
+    assert r.exit_code == 1 and "checkpoint not found" in r.output
+    assert runner.invoke(main, ["--version"]).exit_code == 0

@@ -1,0 +1,150 @@
+"""The exporter: dynamic shapes, parity (prefill + cached decode), the gates, atomic output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gptmed.inference import TextGenerator
+from gptmed.inference.backends import OnnxBackend
+
+
+@pytest.mark.parametrize(("batch", "prompt", "steps"), [(1, 1, 3), (3, 7, 5), (2, 20, 12)])
+def test_dynamic_batch_sequence_and_past_match_torch(onnx_gen, torch_gen, batch, prompt, steps) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(batch * 100 + prompt)
+    ids = rng.integers(4, onnx_gen.config.vocab_size, size=(batch, prompt))
+    mask = np.ones_like(ids)
+    if batch > 1:
+        mask[0, : prompt // 2] = 0  # left padding on one row
+    lo, so = onnx_gen.backend.prefill(ids, mask)
+    lt, st = torch_gen.backend.prefill(ids, mask)
+    assert np.abs(lo - lt).max() <= 1e-4
+    for _ in range(steps):  # past length grows 0 -> prompt -> prompt + steps
+        tok = rng.integers(4, onnx_gen.config.vocab_size, size=batch)
+        lo, lt = onnx_gen.backend.decode(so, tok), torch_gen.backend.decode(st, tok)
+        assert np.abs(lo - lt).max() <= 1e-4
+    full_o = onnx_gen.backend.forward(ids, mask)
+    full_t = torch_gen.backend.forward(ids, mask)
+    assert np.abs(full_o - full_t)[mask.astype(bool)].max() <= 1e-4
+
+
+def test_int8_gate_recorded_with_threshold(artifacts) -> None:  # type: ignore[no-untyped-def]
+    extra = json.loads((artifacts.bundle / "gptmed.json").read_text())["extra"]
+    q = extra["int8"]
+    assert q["min_agreement"] == 0.9
+    assert q["greedy_agreement"] >= q["min_agreement"]
+    assert q["int8_bytes"] < q["fp32_bytes"]
+    assert q["fp32_ms_per_token"] > 0 and q["int8_ms_per_token"] > 0
+    assert extra["variants"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def test_failed_parity_gate_leaves_no_bundle(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.inference import export
+
+    real = export.check_parity
+    monkeypatch.setattr(
+        export, "check_parity", lambda t, o, p: real(t, o, p, atol=-1.0)
+    )  # impossible tolerance
+    out = tmp_path / "bundle"
+    with pytest.raises(export.ParityError, match="parity gate failed"):
+        export.export_bundle(artifacts.checkpoint, out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temp folder left behind
+
+
+def test_failed_int8_gate_leaves_no_bundle(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.inference import export
+
+    out = tmp_path / "bundle"
+    with pytest.raises(export.ParityError, match="int8 gate failed"):
+        export.export_bundle(artifacts.checkpoint, out, quantize="int8", min_int8_agreement=1.01)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reexport_replaces_a_bundle_but_never_a_foreign_folder(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.core import BundleError
+    from gptmed.inference import export
+
+    out = tmp_path / "bundle"
+    shutil.copytree(artifacts.bundle, out)
+    export.export_bundle(artifacts.checkpoint, out)  # fp32 only now
+    assert not (out / "model.int8.onnx").exists()
+    assert TextGenerator.from_bundle(out).generate("What is fever?", temperature=0.0)
+    foreign = tmp_path / "docs"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(BundleError, match="not a bundle"):
+        export.export_bundle(artifacts.checkpoint, foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_wrong_tokenizer_is_refused(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.core import ManifestError, QAPair, write_qa_text
+    from gptmed.inference import export
+    from gptmed.tokenizer import train_tokenizer
+
+    write_qa_text(
+        tmp_path / "other.txt", [QAPair(f"Other question {i}?", f"Other answer {i}.") for i in range(30)]
+    )
+    train_tokenizer(tmp_path / "other.txt", tmp_path / "other", vocab_size=300)
+    with pytest.raises(ManifestError, match="not the one the checkpoint was trained with"):
+        export.export_bundle(artifacts.checkpoint, tmp_path / "b", tokenizer_path=tmp_path / "other.model")
+    assert not (tmp_path / "b").exists()
+
+
+def test_backend_threads_option(artifacts) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.inference.bundle import load_bundle
+
+    be = OnnxBackend(load_bundle(artifacts.bundle), threads=1)
+    ids = np.asarray([[2, 10, 11]])
+    logits, _ = be.prefill(ids, np.ones_like(ids))
+    assert logits.shape == (1, artifacts.config.vocab_size)
+
+
+def test_onnxruntime_genai_same_greedy_tokens_from_same_ids(artifacts, onnx_gen) -> None:  # type: ignore[no-untyped-def]
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is a dev-only test dependency")
+    ids = onnx_gen.encode_prompt("What is fever?")
+    ours = onnx_gen.generate_ids([ids], temperature=0.0, max_length=20)[0]
+    model = og.Model(str(artifacts.bundle))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + 20)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray([ids], dtype=np.int32))
+    theirs: list[int] = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        theirs.append(int(gen.get_next_tokens()[0]))
+    eos = onnx_gen.special_ids.eos
+    assert theirs[: len(ours)] == ours
+    assert theirs[len(ours) :] in ([], [eos])  # genai keeps the EOS, we drop it
+
+
+def test_fast_graph_falls_back_to_the_models_own_forward(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.inference import export
+
+    real = export._wrapper
+
+    def broken(model, fast=True):  # type: ignore[no-untyped-def]
+        wrapper = real(model, fast=fast)
+        if fast:  # an export-shaped forward that no longer matches the model
+            inner = wrapper.forward
+            wrapper.forward = lambda *args: (inner(*args)[0] * 2.0, *inner(*args)[1:])
+        return wrapper
+
+    monkeypatch.setattr(export, "_wrapper", broken)
+    out = export.export_bundle(artifacts.checkpoint, tmp_path / "bundle")
+    manifest = json.loads((out / "gptmed.json").read_text())
+    assert manifest["extra"]["parity"]["graph"] == "reference"
+    assert manifest["extra"]["parity"]["prefill_max_abs_diff"] <= 1e-4
+    assert (
+        TextGenerator.from_bundle(out).generate("What is fever?", temperature=0.0)
+        == "A body temperature above 38 degrees."
+    )
+
+
+def test_default_export_uses_the_fast_graph(artifacts) -> None:  # type: ignore[no-untyped-def]
+    manifest = json.loads((artifacts.bundle / "gptmed.json").read_text())
+    assert manifest["extra"]["parity"]["graph"] == "fast"

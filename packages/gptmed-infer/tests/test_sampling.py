@@ -1,0 +1,99 @@
+"""The numpy sampler: parameter validation, greedy, top-k / top-p, penalty, seeds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from gptmed.core import ConfigError, GenerationConfig
+from gptmed.inference.sampling import Sampler, make_config
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("temperature", -0.1),
+        ("temperature", math.nan),
+        ("temperature", math.inf),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("top_p", math.nan),
+        ("top_k", -1),
+        ("max_length", 0),
+        ("max_length", -5),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", math.nan),
+    ],
+)
+def test_bad_sampling_parameter_names_it(param: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=param):
+        make_config(None, **{param: value})
+
+
+def test_unset_parameters_keep_defaults() -> None:
+    cfg = make_config(GenerationConfig(temperature=0.3), temperature=None, top_k=7, stop="END")
+    assert (cfg.temperature, cfg.top_k, cfg.stop) == (0.3, 7, ("END",))
+
+
+def _logits(batch: int = 3, vocab: int = 50, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(batch, vocab)).astype(np.float32)
+
+
+def test_temperature_zero_is_argmax() -> None:
+    x = _logits()
+    s = Sampler(GenerationConfig(temperature=0.0), 3, 50)
+    assert np.array_equal(s.next_tokens(x), x.argmax(-1))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
+    x = _logits(seed=1)
+    for cfg in (
+        GenerationConfig(temperature=1.0, top_k=1, seed=3),
+        GenerationConfig(temperature=1.0, top_k=0, top_p=1e-9, seed=3),
+    ):
+        s = Sampler(cfg, 3, 50)
+        for _ in range(5):
+            assert np.array_equal(s.next_tokens(x), x.argmax(-1))
+
+
+def test_top_k_never_samples_outside_the_k_best() -> None:
+    x = _logits(batch=2, seed=2)
+    top3 = np.argsort(-x, axis=-1)[:, :3]
+    s = Sampler(GenerationConfig(temperature=5.0, top_k=3, top_p=1.0, seed=0), 2, 50)
+    for _ in range(200):
+        tok = s.next_tokens(x)
+        assert all(tok[b] in top3[b] for b in range(2))
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    probs = np.array([[0.5, 0.3, 0.15, 0.05]])
+    x = np.log(probs).astype(np.float32)
+    s = Sampler(GenerationConfig(temperature=1.0, top_k=0, top_p=0.75, seed=0), 1, 4)
+    seen = {int(s.next_tokens(x)[0]) for _ in range(300)}
+    assert seen == {0, 1}  # 0.5 < 0.75 <= 0.8
+
+
+def test_sampling_frequencies_follow_the_distribution() -> None:
+    probs = np.array([[0.6, 0.3, 0.1]])
+    s = Sampler(GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, seed=123), 1, 3)
+    counts = np.bincount([int(s.next_tokens(np.log(probs))[0]) for _ in range(3000)], minlength=3) / 3000
+    assert np.allclose(counts, probs[0], atol=0.04)
+
+
+def test_same_seed_same_tokens_other_seed_differs() -> None:
+    x = _logits(batch=4, vocab=200, seed=5)
+
+    def run(seed: int) -> list[int]:
+        s = Sampler(GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=seed), 4, 200)
+        return [int(t) for _ in range(10) for t in s.next_tokens(x)]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_repetition_penalty_discourages_seen_tokens() -> None:
+    x = np.array([[2.0, 1.9, -1.0, 0.5]], dtype=np.float32)
+    s = Sampler(GenerationConfig(temperature=0.0, repetition_penalty=2.0), 1, 4, history=[[0]])
+    assert int(s.next_tokens(x)[0]) == 1  # 2.0 / 2 = 1.0 < 1.9
+    assert int(s.next_tokens(x)[0]) == 0  # both seen now: 1.0 > 0.95 > 0.5

@@ -1,0 +1,45 @@
+"""Streaming detokenisation: whole characters only, stop strings never leak, pieces add up."""
+
+from __future__ import annotations
+
+from gptmed.inference.streaming import AnswerStream
+
+
+def _pieces(tok, text: str, stop: tuple[str, ...] = ()) -> tuple[list[str], AnswerStream]:  # type: ignore[no-untyped-def]
+    stream = AnswerStream(tok.decode, stop)
+    pieces = [stream.push(i) for i in tok.encode(text)]
+    pieces.append(stream.finish())
+    return pieces, stream
+
+
+def test_multibyte_characters_are_never_split(artifacts) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.tokenizer import Tokenizer
+
+    tok = Tokenizer(artifacts.tokenizer)
+    text = " Le café 腎臓 🙂 naïve — 東京 ✓ done"
+    ids = tok.encode(text)
+    assert len(ids) > len(text.split())  # byte-fallback pieces are involved
+    pieces, stream = _pieces(tok, text)
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == stream.text() == text.strip()
+
+
+def test_stop_string_is_cut_and_never_emitted(artifacts) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.tokenizer import Tokenizer
+
+    tok = Tokenizer(artifacts.tokenizer)
+    pieces, stream = _pieces(tok, " The answer.\nQ: next question", stop=("\nQ:",))
+    assert stream.stopped
+    assert "".join(pieces) == "The answer."
+    assert not any("Q" in p for p in pieces)
+
+
+def test_partial_stop_prefix_is_released_when_it_does_not_complete() -> None:
+    table = {1: "abc", 2: "\n", 3: "Qx", 4: " end"}
+    stream = AnswerStream(lambda ids: "".join(table[i] for i in ids), stop=("\nQ:",))
+    assert stream.push(1) == "abc"
+    assert stream.push(2) == ""  # could be the start of "\nQ:"
+    assert stream.push(3) == "\nQx"
+    assert stream.push(4) == " end"
+    assert stream.finish() == ""
+    assert stream.text() == "abc\nQx end"

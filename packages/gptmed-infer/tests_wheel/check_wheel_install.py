@@ -1,0 +1,54 @@
+"""Check an installed gptmed-infer wheel in an environment WITHOUT torch (`wheels` nox session).
+
+    python packages/gptmed-infer/tests_wheel/check_wheel_install.py BUNDLE_DIR [QUESTION] [EXPECTED]
+
+Asserts torch (and onnx) cannot be imported, that gptmed.inference comes from site-packages
+(not the source tree), loads the bundle (sha256-verified) and answers QUESTION greedily; with
+EXPECTED the answer must equal it. Also runs the gptmed-generate console script. Exit 0 = pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit("usage: check_wheel_install.py BUNDLE_DIR [QUESTION] [EXPECTED]")
+    bundle = sys.argv[1]
+    question = sys.argv[2] if len(sys.argv) > 2 else "What is fever?"
+    expected = sys.argv[3] if len(sys.argv) > 3 else None
+    for heavy in ("torch", "onnx"):
+        assert importlib.util.find_spec(heavy) is None, (
+            f"{heavy} is importable: the environment must not have it"
+        )
+    import gptmed.inference as gi
+    from gptmed.inference import TextGenerator
+
+    assert "site-packages" in (gi.__file__ or ""), f"gptmed.inference comes from {gi.__file__}, not the wheel"
+    gen = TextGenerator.from_bundle(bundle)
+    answer = gen.generate(question, temperature=0.0, max_length=40)
+    print(f"Q: {question}\nA: {answer}")
+    assert answer, "empty answer"
+    if expected is not None:
+        assert answer == expected, f"expected {expected!r}, got {answer!r}"
+    assert "torch" not in sys.modules
+    beside = Path(sys.executable).parent / "gptmed-generate"
+    script = str(beside) if beside.exists() else shutil.which("gptmed-generate")
+    assert script, "the gptmed-generate console script is not installed"
+    out = subprocess.run(
+        [script, "--checkpoint", bundle, "--prompt", question, "--temperature", "0", "--max-length", "40"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == answer, (out, answer)
+    print("wheel check passed: torch-free install answers from the bundle")
+
+
+if __name__ == "__main__":
+    main()
