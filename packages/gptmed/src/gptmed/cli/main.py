@@ -1,0 +1,147 @@
+"""The umbrella ``gptmed`` command: ``pipeline``, ``quickstart``, and every installed component's CLI.
+
+Component commands are found from the installed gptmed distributions' console scripts
+(``gptmed-data`` becomes ``gptmed data``), so an install with only some components lists only
+what it has. They load lazily: ``gptmed --help`` imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from pathlib import Path
+from typing import Any
+
+import click
+from gptmed.core import cli_errors
+
+__all__ = ["component_commands", "main"]
+
+_COMPONENTS = ("gptmed-data", "gptmed-tokenizer", "gptmed-model", "gptmed-train", "gptmed-infer")
+
+
+def component_commands() -> dict[str, tuple[md.EntryPoint, str]]:
+    """Installed component CLIs: subcommand name -> (console-script entry point, distribution summary)."""
+    found: dict[str, tuple[md.EntryPoint, str]] = {}
+    for dist_name in _COMPONENTS:
+        try:
+            dist = md.distribution(dist_name)
+        except md.PackageNotFoundError:
+            continue
+        summary = dist.metadata.get("Summary") or dist_name
+        for ep in dist.entry_points:
+            if ep.group == "console_scripts" and ep.name.startswith("gptmed-"):
+                found[ep.name.removeprefix("gptmed-")] = (ep, summary)
+    return dict(sorted(found.items()))
+
+
+class _Umbrella(click.Group):
+    """A group whose component subcommands are loaded only when invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(component_commands()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        own = super().get_command(ctx, cmd_name)
+        if own is not None:
+            return own
+        entry = component_commands().get(cmd_name)
+        if entry is None:
+            return None
+        loaded = entry[0].load()
+        return loaded if isinstance(loaded, click.Command) else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, cmd.get_short_help_str(60)) for name, cmd in sorted(self.commands.items())]
+        rows += [
+            (name, f"({ep.value.split(':')[0]}) {summary}")
+            for name, (ep, summary) in component_commands().items()
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
+def _version() -> str:
+    try:
+        return md.version("gptmed")
+    except md.PackageNotFoundError:  # pragma: no cover
+        return "0.0.0"
+
+
+@click.group(cls=_Umbrella, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), prog_name="gptmed")
+def main() -> None:
+    """gptmed: train a GPT on your Q&A pairs and serve it without PyTorch."""
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for every artifact."
+)
+@click.option("--format", "input_format", default=None, help="Input format (default: detected).")
+@click.option("--question-field", default=None, help="Field/column with the question (default: detected).")
+@click.option("--answer-field", default=None, help="Field/column with the answer (default: detected).")
+@click.option("--table", default=None, help="SQLite table to read.")
+@click.option(
+    "--model-size", type=click.Choice(["tiny", "small", "medium"]), default="small", show_default=True
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--learning-rate", type=float, default=3e-4, show_default=True)
+@click.option(
+    "--vocab-size", type=click.IntRange(min=64), default=None, help="Default: from corpus statistics."
+)
+@click.option(
+    "--max-length", type=click.IntRange(min=8), default=None, help="Default: from tokenized pair lengths."
+)
+@click.option("--test-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also export an int8 graph.")
+@click.option("--force", is_flag=True, help="Rerun every step, even the current ones.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def pipeline(input_path: Path, out: Path, debug: bool, **kwargs: Any) -> None:
+    """Convert -> tokenizer -> tokenize -> train -> export -> evaluate, skipping current steps.
+
+    Every artifact lands in OUT; rerunning after a crash continues where it stopped.
+    """
+    from gptmed.cli.pipeline import PipelineOptions, run_pipeline
+
+    with cli_errors(debug):
+        result = run_pipeline(PipelineOptions(input=input_path, out=out, **kwargs), echo=click.echo)
+    click.echo(f"\n✓ Bundle: {result.bundle}")
+    click.echo(f'  Try it: gptmed-generate --checkpoint {result.bundle} --prompt "..."')
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gptmed-quickstart"), show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--questions", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--force", is_flag=True, help="Rerun every step, even the current ones.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def quickstart(out: Path, epochs: int, questions: int, force: bool, debug: bool) -> None:
+    """The whole pipeline on the embedded sample (tiny model), then a few questions answered."""
+    from gptmed.cli.quickstart import run_quickstart
+
+    with cli_errors(debug):
+        result = run_quickstart(out, epochs=epochs, questions=questions, force=force, echo=click.echo)
+    click.echo(
+        f"\nThe exported bundle (onnxruntime, no torch) answers {result.exact} of {result.asked} "
+        "training questions word for word (greedy). A few of them:"
+    )
+    for question, expected, answer in result.answers:
+        mark = "✓" if answer.strip() == expected else "✗"
+        click.echo(f"\nQ: {question}\nA: {answer}\n   {mark} sample: {expected}")
+
+
+@main.command("cli-reference", hidden=True)
+def cli_reference() -> None:
+    """Print docs/cli-reference.md (generated from every installed gptmed command)."""
+    from gptmed.cli.reference import render_cli_reference
+
+    commands: dict[str, click.Command] = {"gptmed": main}
+    for ep, _ in component_commands().values():
+        loaded = ep.load()
+        if isinstance(loaded, click.Command):
+            commands[ep.name] = loaded
+    click.echo(render_cli_reference(commands), nl=False)

@@ -1,0 +1,92 @@
+"""The umbrella command and the pipeline's pure parts (steps, derived choices)."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from gptmed.cli.main import component_commands, main
+from gptmed.cli.pipeline import choose_max_length, choose_vocab_size
+from gptmed.cli.steps import Step, StepRunner
+from gptmed.core import QAPair, write_qa_text
+
+
+def test_help_lists_the_installed_components_without_importing_them() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "pipeline" in result.output and "quickstart" in result.output
+    installed = component_commands()
+    for name in installed:
+        assert f"  {name} " in result.output
+    for dist, name in [("gptmed-data", "data"), ("gptmed-infer", "generate"), ("gptmed-train", "train")]:
+        try:
+            md.distribution(dist)
+        except md.PackageNotFoundError:
+            assert name not in installed
+        else:
+            assert name in installed
+
+
+def test_component_command_runs_through_the_umbrella() -> None:
+    if "data" not in component_commands():
+        pytest.skip("gptmed-data is not installed")
+    result = CliRunner().invoke(main, ["data", "--help"])
+    assert result.exit_code == 0 and "convert" in result.output
+
+
+def test_vocab_choice_scales_with_distinct_words(tmp_path: Path) -> None:
+    small = tmp_path / "small.txt"
+    write_qa_text(small, [QAPair(f"What is item {i}?", f"Item {i} is a thing.") for i in range(50)])
+    big = tmp_path / "big.txt"
+    write_qa_text(
+        big, [QAPair(f"What is w{i}?", " ".join(f"w{i}x{j}" for j in range(20))) for i in range(1000)]
+    )
+    assert choose_vocab_size(small).value == 320
+    choice = choose_vocab_size(big)
+    assert choice.value == 8000 and "distinct words" in choice.reason
+
+
+def test_max_length_choice_is_a_power_of_two_above_p99() -> None:
+    assert choose_max_length([30] * 99 + [500]).value == 64
+    choice = choose_max_length(list(range(1, 201)))
+    assert choice.value == 256 and "1 longer" not in choice.reason
+    assert choose_max_length([2000] * 10).value == 512
+
+
+def test_steps_skip_when_current_and_rerun_when_inputs_change(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("one")
+    calls: list[str] = []
+
+    def work() -> str:
+        calls.append(src.read_text())
+        dst.write_text(src.read_text().upper())
+        return "done"
+
+    def step(params: dict) -> Step:
+        return Step("upper", "Uppercase", [src], [dst], work, params)
+
+    lines: list[str] = []
+    assert StepRunner(tmp_path, echo=lines.append).run_one(step({"a": 1}), 1, 1)
+    assert not StepRunner(tmp_path, echo=lines.append).run_one(step({"a": 1}), 1, 1)
+    assert "up to date, skipped" in lines[-1]
+    assert StepRunner(tmp_path, echo=lines.append).run_one(step({"a": 2}), 1, 1)  # params changed
+    src.write_text("two")
+    assert StepRunner(tmp_path, echo=lines.append).run_one(step({"a": 2}), 1, 1)  # input changed
+    dst.write_text("tampered")
+    assert StepRunner(tmp_path, echo=lines.append).run_one(step({"a": 2}), 1, 1)  # output changed
+    assert calls == ["one", "one", "two", "two"]
+    state = json.loads((tmp_path / "pipeline.json").read_text())
+    assert state["steps"]["upper"]["params"] == {"a": 2}
+
+
+def test_a_failed_step_is_not_recorded(tmp_path: Path) -> None:
+    def boom() -> str:
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        StepRunner(tmp_path, echo=lambda _: None).run_one(Step("x", "X", [], [tmp_path / "o"], boom), 1, 1)
+    assert not (tmp_path / "pipeline.json").exists()
