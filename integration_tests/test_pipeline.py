@@ -1,0 +1,110 @@
+"""`gptmed pipeline` end to end: JSON, CSV and SQLite inputs; skip-when-current; crash and rerun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import artifacts_dir, run
+from gptmed.core import read_qa_text
+
+# Small and quick: the tiny preset on the embedded sample, a handful of epochs.
+FAST = ["--model-size", "tiny", "--epochs", "4", "--batch-size", "8", "--learning-rate", "2e-3"]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory, sample_file: Path) -> dict[str, Path]:
+    """The embedded sample as the manual's JSON, a CSV and a SQLite table."""
+    pairs = list(read_qa_text(sample_file))
+    folder = tmp_path_factory.mktemp("sources")
+    as_json = folder / "qa_data.json"
+    as_json.write_text(json.dumps([{"question": p.question, "answer": p.answer} for p in pairs], indent=2))
+    as_csv = folder / "qa_data.csv"
+    with open(as_csv, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["question", "answer"])
+        writer.writerows((p.question, p.answer) for p in pairs)
+    as_db = folder / "qa_database.db"
+    with sqlite3.connect(as_db) as conn:
+        conn.execute("CREATE TABLE qa_table (id INTEGER PRIMARY KEY, question TEXT, answer TEXT)")
+        conn.executemany(
+            "INSERT INTO qa_table (question, answer) VALUES (?, ?)", [(p.question, p.answer) for p in pairs]
+        )
+    return {"json": as_json, "csv": as_csv, "sqlite": as_db}
+
+
+def _steps(stdout: str) -> dict[str, str]:
+    """Map each step's title to 'ran' or 'skipped' from the pipeline's output."""
+    states = {}
+    for line in stdout.splitlines():
+        if line.startswith("[") and "] " in line:
+            title = line.split("] ", 1)[1]
+            skipped = title.endswith("up to date, skipped")
+            states[title.split(":")[0].removesuffix(" ...")] = "skipped" if skipped else "ran"
+    return states
+
+
+def test_pipeline_from_json_then_csv_and_sqlite_reuse_every_later_step(
+    tmp_path: Path, sources: dict[str, Path]
+) -> None:
+    out = tmp_path / "run"
+    first = run(["gptmed", "pipeline", str(sources["json"]), "--out", str(out), *FAST], tmp_path)
+    assert "vocab size:" in first.stdout and "max length:" in first.stdout  # derived, with reasons
+    assert set(_steps(first.stdout).values()) == {"ran"}
+    for name in ("data/qa.txt", "data/test.txt", "tokenizer/tokenizer.model", "data/tokenized/metadata.json",
+                 "model/checkpoints/best_model.pt", "bundle/model.onnx", "bundle/gptmed.json", "eval.json"):  # fmt: skip
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "eval.json").read_text())
+    assert {"exact_match", "token_f1", "rouge_l"} <= set(metrics)
+
+    # The same pairs from CSV and from SQLite convert to the identical canonical file, so every
+    # later step is current and skipped.
+    for source in ("csv", "sqlite"):
+        again = run(["gptmed", "pipeline", str(sources[source]), "--out", str(out), *FAST], tmp_path)
+        states = _steps(again.stdout)
+        assert states.pop(f"Convert {sources[source]}") == "ran", again.stdout
+        assert set(states.values()) == {"skipped"}, again.stdout
+
+    if (dest := artifacts_dir()) is not None:  # hand the bundle to the `wheels` nox session
+        shutil.rmtree(dest / "bundle", ignore_errors=True)
+        shutil.copytree(out / "bundle", dest / "bundle")
+
+
+def test_pipeline_killed_during_training_continues_where_it_stopped(
+    tmp_path: Path, sources: dict[str, Path]
+) -> None:
+    out = tmp_path / "crash"
+    argv = [str(Path(sys.executable).parent / "gptmed"), "pipeline", str(sources["json"]), "--out", str(out),
+            "--model-size", "tiny", "--epochs", "30", "--batch-size", "8"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    ckpts = out / "model" / "checkpoints"
+    while not list(ckpts.glob("checkpoint_epoch_*.pt")):
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "bundle").exists()
+
+    rerun = run(["gptmed", *argv[1:]], tmp_path)
+    states = _steps(rerun.stdout)
+    for title in (
+        "Convert " + str(sources["json"]),
+        "Hold out test pairs",
+        "Train the tokenizer",
+        "Tokenize",
+    ):
+        assert states[title] == "skipped", rerun.stdout
+    assert states["Train the model"] == "ran"
+    assert "resuming from the newest checkpoint" in rerun.stdout
+    assert (out / "bundle" / "gptmed.json").exists()
