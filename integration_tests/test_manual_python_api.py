@@ -1,4 +1,4 @@
-"""The user manual's Python API examples, as written, against a real trained checkpoint.
+"""The user manual's Python API examples, read from docs/user-manual.md and run against a real checkpoint.
 
 Step 5.2 builds `GPTTransformer(get_small_config())`, so its checkpoint must be a *small* model with
 the default vocabulary of 8000: the fixture trains one (two optimizer steps are enough to make a
@@ -7,104 +7,35 @@ loadable checkpoint) on a synthetic fact set large enough for an 8000-piece toke
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import REPO, run
 
-MANUAL_5_2_AND_5_4 = """
-import torch
-from gptmed.inference.generator import TextGenerator
-from gptmed.model.architecture import GPTTransformer
-from gptmed.model.configs.model_config import get_small_config
 
-# Load model
-config = get_small_config()
-model = GPTTransformer(config)
+def _python_blocks() -> list[str]:
+    """The ```python blocks of docs/user-manual.md, in order (5.2, 5.4, training config, model config)."""
+    text = (REPO / "docs" / "user-manual.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 4, f"docs/user-manual.md has {len(blocks)} python blocks; this test knows 4"
+    return blocks
 
-# Load trained checkpoint
-checkpoint = torch.load('model/checkpoints/best_model.pt')
-model.load_state_dict(checkpoint['model_state_dict'])
 
-# Create generator
-generator = TextGenerator(
-    model=model,
-    tokenizer_path='tokenizer/my_tokenizer.model'
+MANUAL_5_2, MANUAL_5_4, MANUAL_TRAINING_DOC, MANUAL_CUSTOM_MODEL = _python_blocks()
+MANUAL_5_2_AND_5_4 = MANUAL_5_2 + "\n" + MANUAL_5_4
+
+# The manual's "Custom Training Configuration" runs with two substitutions a CPU test needs:
+# device='cuda' -> 'cpu' (no GPU in CI), and max_steps=2 (15 epochs of `small` take hours on a CPU).
+_CUDA = re.compile(r"device=(['\"])cuda\1,")
+assert _CUDA.search(MANUAL_TRAINING_DOC) and "main(train_config)" in MANUAL_TRAINING_DOC
+MANUAL_TRAINING = re.sub(
+    r"(\n\s*seed=42,?\n)\)", r"\1    max_steps=2,\n)", _CUDA.sub("device='cpu',", MANUAL_TRAINING_DOC)
 )
-
-# Generate answer
-question = "How do I reset my password?"
-answer = generator.generate(
-    prompt=question,
-    max_length=100,
-    temperature=0.7,
-    top_k=50,
-    top_p=0.9
-)
-
-print(f"Q: {question}")
-print(f"A: {answer}")
-
-questions = [
-    "How do I reset my password?",
-    "What are your operating hours?",
-    "How do I contact support?"
-]
-
-for q in questions:
-    answer = generator.generate(q, max_length=80, temperature=0.6)
-    print(f"Q: {q}")
-    print(f"A: {answer}\\n")
-"""
-
-MANUAL_CUSTOM_MODEL = """
-from gptmed.model.configs.model_config import ModelConfig
-
-# Create custom model config
-custom_config = ModelConfig(
-    vocab_size=8000,      # Match your tokenizer
-    d_model=512,          # Hidden dimension
-    n_layers=8,           # Number of transformer layers
-    n_heads=8,            # Attention heads
-    d_ff=2048,            # Feed-forward dimension
-    max_seq_len=512,      # Max sequence length
-    dropout=0.1,          # Dropout rate
-    use_rope=True         # Use RoPE positional encoding
-)
-"""
-
-# The manual's "Custom Training Configuration", with three changes a CPU test needs, stated here:
-# device='cuda' -> 'cpu' (no GPU in CI), max_steps=2 added (15 epochs of `small` take hours on a
-# CPU), and `main()` -> `main(train_config)` (the manual forgets to pass the config it built).
-MANUAL_TRAINING = """
-from gptmed.training.train import main
-from gptmed.configs.train_config import TrainingConfig
-from gptmed.model.configs.model_config import get_small_config
-
-# Custom training config
-train_config = TrainingConfig(
-    batch_size=32,
-    learning_rate=3e-4,
-    num_epochs=15,
-    warmup_steps=500,
-    grad_clip=1.0,
-    weight_decay=0.01,
-    save_every=1,  # Save checkpoint every epoch
-    eval_every=100,  # Evaluate every 100 steps
-    train_data_path='data/tokenized/train.npy',
-    val_data_path='data/tokenized/val.npy',
-    checkpoint_dir='model/checkpoints',
-    device='cpu',
-    seed=42,
-    max_steps=2,
-)
-
-# Train
-main(train_config)
-"""
+assert "max_steps=2" in MANUAL_TRAINING
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
