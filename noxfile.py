@@ -115,7 +115,20 @@ def layers(session: nox.Session) -> None:
     """import-linter contracts of ARCHITECTURE.md section 1 (root pyproject.toml)."""
     _install_local(session, _closure(PRESENT))
     session.install(*PIP_ARGS, "import-linter==2.17")
-    session.run("lint-imports", "--config", str(ROOT / "pyproject.toml"), "--no-cache")
+    config = str(ROOT / "pyproject.toml")
+    session.run("lint-imports", "--config", config, "--no-cache")
+    # The contracts must be able to fail: inject a forbidden import into the installed gptmed.core
+    # and expect lint-imports to reject it.
+    core_dir = session.run(
+        "python", "-c", "import gptmed.core, os; print(os.path.dirname(gptmed.core.__file__))", silent=True
+    )
+    injected = Path(str(core_dir).strip()) / "_injected_forbidden_import.py"
+    injected.write_text("import click  # noqa: F401  (forbidden in gptmed.core)\n", encoding="utf-8")
+    try:
+        session.run("lint-imports", "--config", config, "--no-cache", success_codes=[1], silent=True)
+        session.log("an injected 'import click' in gptmed.core breaks the contracts: ok")
+    finally:
+        injected.unlink()
 
 
 @nox.session
