@@ -397,7 +397,8 @@ class _Api:
 
     async def _guard(self, coro: Any) -> Response:
         try:
-            return await coro  # type: ignore[no-any-return]
+            result: Response = await coro
+            return result
         except APIError as exc:
             return exc.response()
         except ClientDisconnect:

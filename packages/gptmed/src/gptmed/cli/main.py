@@ -27,7 +27,7 @@ def component_commands() -> dict[str, tuple[md.EntryPoint, str]]:
             dist = md.distribution(dist_name)
         except md.PackageNotFoundError:
             continue
-        summary = dist.metadata.get("Summary") or dist_name
+        summary = dist.metadata["Summary"] or dist_name
         for ep in dist.entry_points:
             if ep.group == "console_scripts" and ep.name.startswith("gptmed-"):
                 found[ep.name.removeprefix("gptmed-")] = (ep, summary)

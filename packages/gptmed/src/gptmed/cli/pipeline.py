@@ -182,7 +182,7 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
         return choice.value
 
     # 1. convert
-    convert_opts = {
+    convert_opts: dict[str, Any] = {
         k: v
         for k, v in {
             "format": options.input_format,
