@@ -17,6 +17,15 @@ from gptmed.core import cli_errors
 __all__ = ["component_commands", "main"]
 
 _COMPONENTS = ("gptmed-data", "gptmed-tokenizer", "gptmed-model", "gptmed-train", "gptmed-infer")
+# One-line help for the component commands (their distribution summary is the fallback).
+_SHORT = {
+    "data": "Convert, validate, clean, split Q&A data (gptmed-data).",
+    "tokenizer": "Train a SentencePiece tokenizer; tokenize Q&A data (gptmed-tokenizer).",
+    "model": "Model sizes and info (gptmed-model).",
+    "train": "Train, resume, plot (gptmed-train).",
+    "infer": "Export to ONNX, evaluate, serve (gptmed-infer).",
+    "generate": "Answer questions from a bundle or checkpoint (gptmed-infer).",
+}
 
 
 def component_commands() -> dict[str, tuple[md.EntryPoint, str]]:
@@ -51,11 +60,8 @@ class _Umbrella(click.Group):
         return loaded if isinstance(loaded, click.Command) else None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, cmd.get_short_help_str(60)) for name, cmd in sorted(self.commands.items())]
-        rows += [
-            (name, f"({ep.value.split(':')[0]}) {summary}")
-            for name, (ep, summary) in component_commands().items()
-        ]
+        rows = [(n, cmd.get_short_help_str(60)) for n, cmd in sorted(self.commands.items()) if not cmd.hidden]
+        rows += [(name, _SHORT.get(name, summary)) for name, (_, summary) in component_commands().items()]
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
 
