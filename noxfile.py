@@ -209,7 +209,7 @@ print("gptmed --help on an infer-only install lists:", sorted(names))
 @nox.session
 def quickstart(session: nox.Session) -> None:
     """README's main job: the whole pipeline on the embedded sample, then answers from the bundle."""
-    _install_local(session, ["gptmed"] if "gptmed" in PRESENT else _closure(PRESENT))
+    _install_local(session, _closure(["gptmed"]), {"infer": ("export",)})
     out = session.posargs[0] if session.posargs else "gptmed-quickstart"
     session.run("gptmed", "quickstart", "--out", out)
 
