@@ -852,7 +852,9 @@ def _forward_loss(
     chunked loss does not support autocast).
     """
     segments, positions = pair_segments(x, bos_id)
-    kw = {"segment_ids": segments, "position_ids": positions}
+    kw = {"position_ids": positions}
+    if bool((segments != segments[:, :1]).any()):  # some row packs several pairs: keep them apart
+        kw["segment_ids"] = segments  # (an explicit mask: costs more than plain causal attention)
     if autocast_dtype is None:
         return model(x, targets=y, **kw)  # type: ignore[no-any-return]
     with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
