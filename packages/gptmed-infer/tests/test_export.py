@@ -122,29 +122,64 @@ def test_onnxruntime_genai_same_greedy_tokens_from_same_ids(artifacts, onnx_gen)
     assert theirs[len(ours) :] in ([], [eos])  # genai keeps the EOS, we drop it
 
 
-def test_fast_graph_falls_back_to_the_models_own_forward(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from gptmed.inference import export
+def test_kv_cache_is_appended_in_place(onnx_gen, torch_gen) -> None:  # type: ignore[no-untyped-def]
+    """past_key_values.* and present.* are one buffer: a decode step writes the new keys at each
+    row's length and moves nothing (same memory, earlier entries untouched)."""
+    ids = np.asarray([[0, 0, 2, 10, 11], [2, 12, 13, 14, 15]])  # row 0 left padded: 3 real tokens
+    mask = (ids != 0).astype(np.int64)
+    _, state = onnx_gen.backend.prefill(ids, mask, capacity=16)
+    key0 = state.buffers[0]  # layer 0 keys, (B, nh, 16, hs)
+    assert key0.shape[2] == 16
+    before = key0.copy()
+    written = before.any(axis=(1, 3))  # (B, 16): positions holding a key
+    assert written[:, :5].all() and not written[:, 5:].any()  # prefill wrote 5 rows (row 0: 3 real)
+    onnx_gen.backend.decode(state, np.asarray([20, 21]))
+    assert state.buffers[0] is key0  # same memory
+    assert np.array_equal(key0[0, :, :3], before[0, :, :3])
+    assert np.array_equal(key0[1, :, :5], before[1, :, :5])
+    assert not np.array_equal(key0[0, :, 3], before[0, :, 3])  # row 0's new key, at its length 3
+    assert key0[1, :, 5].any() and not key0[:, :, 6:].any()  # row 1's at 5; nothing further
+    assert state.lengths.tolist() == [4, 6]
 
-    real = export._wrapper
 
-    def broken(model, fast=True):  # type: ignore[no-untyped-def]
-        wrapper = real(model, fast=fast)
-        if fast:  # an export-shaped forward that no longer matches the model
-            inner = wrapper.forward
-            wrapper.forward = lambda *args: (inner(*args)[0] * 2.0, *inner(*args)[1:])
-        return wrapper
+def test_cache_grows_past_its_capacity_and_stays_exact(onnx_gen, torch_gen) -> None:  # type: ignore[no-untyped-def]
+    ids = np.asarray([[2, 10, 11, 12]])
+    lo, so = onnx_gen.backend.prefill(ids, np.ones_like(ids), capacity=5)
+    lt, st = torch_gen.backend.prefill(ids, np.ones_like(ids))
+    for step in range(12):  # 5 -> 10 -> 20 keys
+        tok = np.asarray([4 + step])
+        lo, lt = onnx_gen.backend.decode(so, tok), torch_gen.backend.decode(st, tok)
+        assert np.abs(lo - lt).max() <= 1e-4
+    assert so.capacity == 20
 
-    monkeypatch.setattr(export, "_wrapper", broken)
-    out = export.export_bundle(artifacts.checkpoint, tmp_path / "bundle")
+
+def test_decode_past_the_context_is_an_error(onnx_gen) -> None:  # type: ignore[no-untyped-def]
+    ctx = onnx_gen.config.max_seq_len
+    ids = np.full((1, ctx), 5)
+    _, state = onnx_gen.backend.prefill(ids, np.ones_like(ids))
+    with pytest.raises(ValueError, match=f"exceeds the model's context of {ctx}"):
+        onnx_gen.backend.decode(state, np.asarray([5]))
+
+
+def test_head_size_is_padded_to_a_multiple_of_8(artifacts) -> None:  # type: ignore[no-untyped-def]
+    """GroupQueryAttention needs head sizes in multiples of 8; the fixture's 12 runs as 16."""
+    import onnxruntime as ort
+
+    assert artifacts.config.head_dim == 12
+    sess = ort.InferenceSession(str(artifacts.bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[3].shape[1:] == [artifacts.config.n_heads, "past_sequence", 16]
+    genai = json.loads((artifacts.bundle / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["head_size"] == 16
+
+
+def test_bundle_of_another_graph_layout_is_refused(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.core import BundleError
+
+    out = tmp_path / "old"
+    shutil.copytree(artifacts.bundle, out)
     manifest = json.loads((out / "gptmed.json").read_text())
-    assert manifest["extra"]["parity"]["graph"] == "reference"
-    assert manifest["extra"]["parity"]["prefill_max_abs_diff"] <= 1e-4
-    assert (
-        TextGenerator.from_bundle(out).generate("What is fever?", temperature=0.0)
-        == "A body temperature above 38 degrees."
-    )
-
-
-def test_default_export_uses_the_fast_graph(artifacts) -> None:  # type: ignore[no-untyped-def]
-    manifest = json.loads((artifacts.bundle / "gptmed.json").read_text())
-    assert manifest["extra"]["parity"]["graph"] == "fast"
+    assert manifest["extra"]["graph_layout"] == "gqa-shared-kv-right-padded/1"
+    del manifest["extra"]["graph_layout"]  # as gptmed-infer 0.1.0's traced graphs were
+    (out / "gptmed.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="graph layout is None.*re-export"):
+        TextGenerator.from_bundle(out)

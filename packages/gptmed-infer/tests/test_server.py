@@ -50,8 +50,8 @@ class _SlowBackend:
         self.inner, self.config, self.name = inner, inner.config, "slow-onnxruntime"
         self.steps = 0
 
-    def prefill(self, ids, mask):  # type: ignore[no-untyped-def]
-        return self.inner.prefill(ids, mask)
+    def prefill(self, ids, mask, capacity=None):  # type: ignore[no-untyped-def]
+        return self.inner.prefill(ids, mask, capacity)
 
     def decode(self, state, tokens):  # type: ignore[no-untyped-def]
         self.steps += 1

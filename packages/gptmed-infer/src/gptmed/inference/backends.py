@@ -2,8 +2,9 @@
 
 A backend answers three calls on numpy arrays:
 
-* ``prefill(input_ids (B, T), attention_mask (B, T)) -> (logits (B, V), state)``: the prompt,
-  left-padded (mask 0 on padding), through the model; logits of the last position.
+* ``prefill(input_ids (B, T), attention_mask (B, T), capacity=None) -> (logits (B, V), state)``:
+  the prompt, left-padded (mask 0 on padding), through the model; logits of the last position.
+  ``capacity`` is a hint: the longest row (prompt + new tokens) the cache will have to hold.
 * ``decode(state, tokens (B,)) -> logits (B, V)``: one more token per row, using and growing
   the KV cache in ``state``.
 * ``forward(input_ids, attention_mask) -> logits (B, T, V)``: every position (for eval).
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from gptmed.core import BundleError, ModelConfig
 from gptmed.inference.bundle import Bundle
+from gptmed.inference.graph import GRAPH_LAYOUT, kv_head_dim
 
 __all__ = ["Backend", "OnnxBackend", "position_ids_from_mask"]
 
@@ -32,7 +34,9 @@ class Backend(Protocol):
     config: ModelConfig
     name: str
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, Any]: ...
+    def prefill(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int | None = None
+    ) -> tuple[np.ndarray, Any]: ...
 
     def decode(self, state: Any, tokens: np.ndarray) -> np.ndarray: ...
 
@@ -47,9 +51,17 @@ def position_ids_from_mask(attention_mask: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _OrtState:
-    mask: np.ndarray  # (B, L) int64: keys seen so far (0 = left padding)
-    next_pos: np.ndarray  # (B, 1) int64: position id of the next token per row
-    past: list[Any] = field(default_factory=list)  # OrtValues present.{i}.key|value from the last run
+    """One batch's KV cache: per layer a key and a value buffer ``(B, nh, capacity, hs)`` that are
+    bound as both ``past_key_values.*`` and ``present.*``; the graph appends in place."""
+
+    binding: Any  # onnxruntime IOBinding with the cache buffers bound
+    buffers: list[np.ndarray]  # the cache memory (the OrtValues in ``binding`` view these arrays)
+    lengths: np.ndarray  # (B,) int64: keys in the cache per row
+    logits: np.ndarray | None = None  # (B, T, V) output buffer of the last run
+
+    @property
+    def capacity(self) -> int:
+        return int(self.buffers[0].shape[2])
 
 
 def _session_options(threads: int | None) -> Any:
@@ -63,19 +75,33 @@ def _session_options(threads: int | None) -> Any:
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    # Spinning worker threads burn the cores other processes (and other requests) need; decode
-    # steps are short, so on a shared machine spinning makes multi-threaded runs 2-3x slower.
-    if os.environ.get("GPTMED_ORT_SPIN", "0") != "1":
+    # A decode step is ~60 short kernels; spinning worker threads pick each one up at once
+    # (1.46 vs 2.08 ms per small-model step on 2 cores). On a machine shared with other busy
+    # processes spinning steals their cores: GPTMED_ORT_SPIN=0 turns it off.
+    if os.environ.get("GPTMED_ORT_SPIN", "1") == "0":
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts
 
 
+def _right_aligned(
+    input_ids: np.ndarray, attention_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-padded (or any) ``(B, T)`` ids + 0/1 mask -> (ids with each row's real tokens first,
+    lengths (B,), the gather order that did it)."""
+    real = attention_mask != 0
+    order = np.argsort(~real, axis=1, kind="stable")  # (B, T): real positions first, in order
+    ids = np.take_along_axis(np.asarray(input_ids, dtype=np.int64), order, axis=1)
+    return np.ascontiguousarray(ids), real.sum(axis=1).astype(np.int64), order
+
+
 class OnnxBackend:
     """An onnxruntime session over a verified bundle graph (thread-safe: state lives per call).
 
-    Decode steps bind the previous step's ``present.*`` OrtValues straight to ``past_key_values.*``
-    with IOBinding: the KV cache never round-trips through numpy.
+    The graph (:mod:`gptmed.inference.graph`) keeps each row's keys at cache positions
+    ``0..len-1`` (right padding) and appends in place, so the backend binds one buffer per layer
+    as both past and present: the KV cache is never copied, not even inside the graph.
+    Callers may still pass left-padded batches; rows are realigned here and logits mapped back.
     """
 
     name = "onnxruntime"
@@ -85,6 +111,13 @@ class OnnxBackend:
 
         self.bundle = bundle
         self.config = bundle.manifest.model_config
+        layout = bundle.manifest.extra.get("graph_layout")
+        if layout != GRAPH_LAYOUT:
+            raise BundleError(
+                f"the bundle's graph layout is {layout!r}; this gptmed-infer runs {GRAPH_LAYOUT!r}",
+                where=str(bundle.root),
+                hint="re-export it: gptmed-infer export --checkpoint CKPT --out BUNDLE",
+            )
         try:
             self.session = ort.InferenceSession(
                 bundle.model_bytes, sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
@@ -108,48 +141,98 @@ class OnnxBackend:
             )
         self._past_names = inputs[3:]
         self._present_names = outputs[1:]
-        self._nh = self.config.n_heads
-        self._hs = self.config.head_dim
 
-    def _run(
-        self, input_ids: np.ndarray, position_ids: np.ndarray, mask: np.ndarray, past: list[Any] | None
-    ) -> tuple[np.ndarray, list[Any]]:
+    # ------------------------------------------------------------------------------ the cache
+    def _new_state(self, batch: int, capacity: int) -> _OrtState:
+        cfg = self.config
+        shape = (batch, cfg.n_heads, capacity, kv_head_dim(cfg))  # (B, nh, capacity, hs rounded up to 8)
+        buffers = [np.zeros(shape, dtype=np.float32) for _ in self._past_names]
+        state = _OrtState(self.session.io_binding(), buffers, np.zeros(batch, dtype=np.int64))
+        self._bind_cache(state)
+        return state
+
+    def _bind_cache(self, state: _OrtState) -> None:
         import onnxruntime as ort
 
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, dtype=np.int64))
-        if past is None:
-            empty = np.zeros((input_ids.shape[0], self._nh, 0, self._hs), dtype=np.float32)  # (B, nh, 0, hs)
-            empty_value = ort.OrtValue.ortvalue_from_numpy(empty)
-            for name in self._past_names:
-                binding.bind_ortvalue_input(name, empty_value)
-        else:
-            for name, value in zip(self._past_names, past, strict=True):
-                binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
-        for name in self._present_names:
-            binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        outs = binding.get_outputs()
-        return outs[0].numpy(), list(outs[1:])
+        binding = state.binding
+        state.logits = None  # bound by the next run
+        for past, present, buf in zip(self._past_names, self._present_names, state.buffers, strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(buf)  # a view of buf, not a copy
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, _OrtState]:
-        mask = attention_mask.astype(np.int64)
-        pos = position_ids_from_mask(mask)
-        logits, past = self._run(input_ids, pos, mask, None)  # (B, T, V)
-        state = _OrtState(mask=mask, next_pos=pos[:, -1:] + 1, past=past)
-        return logits[:, -1, :], state
+    def _grow(self, state: _OrtState, needed: int) -> None:
+        """Reallocate the cache for ``needed`` keys (doubling, up to the context); copies once."""
+        capacity = min(max(needed, 2 * state.capacity), self.config.max_seq_len)
+        old = state.buffers
+        state.buffers = [np.zeros((*b.shape[:2], capacity, b.shape[3]), dtype=np.float32) for b in old]
+        for new, prev in zip(state.buffers, old, strict=True):
+            new[:, :, : prev.shape[2]] = prev
+        state.binding = self.session.io_binding()
+        self._bind_cache(state)
+
+    def _run(
+        self, state: _OrtState, input_ids: np.ndarray, position_ids: np.ndarray, total: int
+    ) -> np.ndarray:
+        """One graph run over ``input_ids`` (B, T) with rows holding ``state.lengths`` keys after it.
+
+        The logits land in a numpy array bound as the output (no OrtValue round trip); the
+        returned array is that buffer, valid until the next run on ``state``."""
+        binding = state.binding
+        batch, width = input_ids.shape
+        keys = np.arange(total) < state.lengths[:, None]  # (B, total): the graph uses only row sums
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("position_ids", position_ids)
+        binding.bind_cpu_input("attention_mask", keys.astype(np.int64))
+        if state.logits is None or state.logits.shape[1] != width:
+            state.logits = np.empty((batch, width, self.config.vocab_size), dtype=np.float32)  # (B, T, V)
+            shape = list(state.logits.shape)
+            binding.bind_output("logits", "cpu", 0, np.float32, shape, state.logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return state.logits
+
+    # ------------------------------------------------------------------------------ the protocol
+    def prefill(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int | None = None
+    ) -> tuple[np.ndarray, _OrtState]:
+        """``capacity``: keys per row the cache should hold without growing (prompt + new tokens);
+        default the model's context."""
+        ids, lengths, _ = _right_aligned(input_ids, attention_mask)
+        batch, width = ids.shape
+        capacity = min(max(capacity or self.config.max_seq_len, width), self.config.max_seq_len)
+        state = self._new_state(batch, capacity)
+        state.lengths = lengths
+        pos = np.broadcast_to(np.arange(width, dtype=np.int64), (batch, width))
+        logits = self._run(state, ids, np.ascontiguousarray(pos), width)  # (B, T, V)
+        last = np.maximum(lengths - 1, 0)
+        return logits[np.arange(batch), last, :], state  # indexing copies out of the buffer
 
     def decode(self, state: _OrtState, tokens: np.ndarray) -> np.ndarray:
         batch = tokens.shape[0]
-        state.mask = np.concatenate([state.mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-        logits, state.past = self._run(tokens.reshape(batch, 1), state.next_pos, state.mask, state.past)
-        state.next_pos = state.next_pos + 1
-        return logits[:, -1, :]
+        pos = state.lengths.reshape(batch, 1).copy()  # the new token's position = keys so far
+        needed = int(state.lengths.max()) + 1
+        if needed > state.capacity:
+            if needed > self.config.max_seq_len:
+                raise ValueError(
+                    f"sequence of {needed} tokens exceeds the model's context of {self.config.max_seq_len}"
+                )
+            self._grow(state, needed)
+        state.lengths = state.lengths + 1
+        ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(batch, 1)
+        return self._run(state, ids, pos, needed)[:, -1, :].copy()
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        mask = attention_mask.astype(np.int64)
-        logits, _ = self._run(input_ids, position_ids_from_mask(mask), mask, None)
-        return logits
+        """Logits at every position, in the caller's (e.g. left-padded) layout; padding rows get 0."""
+        ids, lengths, order = _right_aligned(input_ids, attention_mask)
+        batch, width = ids.shape
+        state = self._new_state(batch, width)
+        state.lengths = lengths
+        pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype=np.int64), (batch, width)))
+        aligned = self._run(state, ids, pos, width)  # (B, T, V), row b's tokens at 0..len-1
+        if int(lengths.min()) == width:  # no padding: the layouts agree (the buffer is ours alone)
+            return aligned
+        out = np.zeros_like(aligned)
+        real = np.arange(width) < lengths[:, None]  # (B, T) in the aligned layout
+        rows = np.broadcast_to(np.arange(batch)[:, None], (batch, width))
+        out[rows[real], order[real]] = aligned[real]
+        return out

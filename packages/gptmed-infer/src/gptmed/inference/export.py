@@ -1,14 +1,15 @@
 """``gptmed-infer export``: a training checkpoint -> a verified, self-describing bundle folder.
 
-Needs the ``[export]`` extra (torch, onnx, onnxscript, gptmed-model). Steps, all in a temp
+Needs the ``[export]`` extra (torch, onnx, gptmed-model). Steps, all in a temp
 folder beside ``out_dir`` that replaces it only when every gate passed:
 
 1. load the checkpoint (``torch.load(weights_only=True)``) and the tokenizer it records
    (verified by sha256), build the ``GPTTransformer``;
-2. export ``model.onnx`` with KV-cache I/O (``input_ids``, ``position_ids``, ``attention_mask``,
-   ``past_key_values.{i}.key|value`` -> ``logits``, ``present.{i}.key|value``), dynamic batch,
-   sequence and past lengths, the tied embedding stored once (the output projection is a
-   ``Gemm`` with ``transB=1`` on the embedding table);
+2. write ``model.onnx`` node by node from the state dict (:mod:`gptmed.inference.graph`: fused
+   LayerNorms, ``GroupQueryAttention`` with RoPE and an in-place KV cache) with KV-cache I/O
+   (``input_ids``, ``position_ids``, ``attention_mask``, ``past_key_values.{i}.key|value`` ->
+   ``logits``, ``present.{i}.key|value``), dynamic batch, sequence and past lengths, the tied
+   embedding stored once (the output projection is a ``Gemm`` with ``transB=1`` on it);
 3. the parity gate: onnxruntime vs torch logits on a left-padded prefill and on cached decode
    steps, max abs diff <= ``PARITY_ATOL`` (1e-4), and greedy tokens identical on a prompt set;
 4. optionally ``--quantize int8`` (onnxruntime dynamic quantization) -> ``model.int8.onnx``, gated
@@ -50,6 +51,7 @@ from gptmed.inference.bundle import (
     expected_io_names,
     load_bundle,
 )
+from gptmed.inference.graph import GRAPH_LAYOUT, OPSET, kv_head_dim
 
 __all__ = [
     "INT8_MIN_AGREEMENT",
@@ -69,7 +71,6 @@ PARITY_ATOL = 1e-4  # max |onnx - torch| logit difference in fp32 (prefill and c
 INT8_MIN_AGREEMENT = 0.90  # int8 greedy next token == fp32's on >= 90% of teacher-forced positions
 PARITY_DECODE_STEPS = 8  # cached decode steps compared one by one
 PARITY_GREEDY_TOKENS = 24  # greedy tokens compared per prompt
-OPSET = 17
 PARITY_PROMPTS = (
     "What is diabetes?",
     "How do I reset my password?",
@@ -126,171 +127,20 @@ def _versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------------- the graph
 
 
-def _wrapper(model: Any, fast: bool = True) -> Any:
-    """The module that is traced to ONNX.
-
-    ``fast=False`` traces ``GPTTransformer.hidden_states`` itself. ``fast=True`` (the default)
-    traces an export-shaped forward over the *same parameters*: the attention mask is built once
-    (not per layer), the softmax scale is folded into q, and q/k/v come from one permute, so
-    onnxruntime runs about half as many nodes per decode step. The parity gate compares the
-    resulting graph with the torch model either way.
-    """
-    torch = _torch()
-    F = torch.nn.functional
-    cfg = model.config
-    n_layers, nh, hs = cfg.n_layers, cfg.n_heads, cfg.head_dim
-    import gptmed.model.architecture as arch
-
-    # the model's own rotation (its layout is its business): rope() under tracing, else apply_rope()
-    rotate: Any = getattr(arch, "rope", None) or arch.apply_rope
-
-    class KVCacheGraph(torch.nn.Module):  # type: ignore[name-defined,misc]
-        """(input_ids, position_ids, attention_mask, *past) -> (logits, *presents), flat for ONNX."""
-
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def _fast_hidden(
-            self, input_ids: Any, position_ids: Any, attention_mask: Any, past: Any
-        ) -> tuple[Any, Any]:
-            m = self.inner
-            b, t = input_ids.shape
-            s = attention_mask.shape[1]  # past + new keys
-            x = m.tok_emb(input_ids)  # (B, T, C)
-            cos = sin = None
-            if m.rope_cos is not None:
-                cos = F.embedding(position_ids, m.rope_cos).unsqueeze(1)  # (B, 1, T, hs/2)
-                sin = F.embedding(position_ids, m.rope_sin).unsqueeze(1)
-            elif m.pos_emb is not None:
-                x = x + m.pos_emb(position_ids)
-            q_pos = torch.arange(t, device=x.device) + (s - t)  # (T,)
-            k_pos = torch.arange(s, device=x.device)  # (S,)
-            keep = (k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)).unsqueeze(0).unsqueeze(0)  # (1, 1, T, S)
-            keep = keep & (attention_mask != 0).unsqueeze(1).unsqueeze(2)  # (B, 1, T, S)
-            neg = torch.finfo(x.dtype).min
-            bias = torch.zeros((), dtype=x.dtype).masked_fill(~keep, neg)  # (B, 1, T, S) additive
-            scale = 1.0 / (hs**0.5)
-            presents = []
-            for i, blk in enumerate(m.blocks):
-                a = blk.attn
-                qkv = a.qkv(blk.ln1(x)).view(b, t, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-                q, k, v = qkv.unbind(0)
-                if cos is not None and sin is not None:
-                    q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # cos, sin: (B, 1, T, hs/2)
-                k = torch.cat((past[2 * i], k), dim=2)  # (B, nh, S, hs)
-                v = torch.cat((past[2 * i + 1], v), dim=2)
-                att = torch.matmul(q * scale, k.transpose(-2, -1)) + bias  # (B, nh, T, S)
-                y = torch.matmul(torch.softmax(att, dim=-1), v)  # (B, nh, T, hs)
-                x = x + a.proj(y.transpose(1, 2).reshape(b, t, nh * hs))
-                x = x + blk.mlp.proj(F.gelu(blk.mlp.fc(blk.ln2(x)), approximate="tanh"))
-                presents += [k, v]
-            return m.ln_f(x), presents
-
-        def forward(
-            self, input_ids: Any, position_ids: Any, attention_mask: Any, *past: Any
-        ) -> tuple[Any, ...]:
-            if fast:
-                h, out = self._fast_hidden(input_ids, position_ids, attention_mask, past)
-            else:
-                pkv = tuple((past[2 * i], past[2 * i + 1]) for i in range(n_layers))
-                h, presents = self.inner.hidden_states(
-                    input_ids, position_ids=position_ids, attention_mask=attention_mask, past_key_values=pkv
-                )  # (B, T, C)
-                out = [t for kv in presents for t in kv]
-            b, t, c = h.shape
-            weight = self.inner.tok_emb.weight  # (V, C): one initializer for Gather and Gemm
-            logits = torch.nn.functional.linear(h.reshape(-1, c), weight).reshape(b, t, -1)  # (B, T, V)
-            return (logits, *out)
-
-    return KVCacheGraph(model).eval()
-
-
-def export_onnx(model: Any, path: str | os.PathLike[str], fast: bool = True) -> tuple[list[str], list[str]]:
-    """Write ``model`` (a ``GPTTransformer``) as a KV-cache ONNX graph to ``path``; return I/O names.
-
-    ``fast``: trace the export-shaped forward (see :func:`_wrapper`) instead of the model's own."""
-    torch = _torch()
-    from gptmed.model import use_backend
-
-    cfg = model.config
-    inputs, outputs = expected_io_names(cfg.n_layers)
-    b, t, p = 2, 3, 4  # > 1 each, so no dimension is specialised
-    ids = torch.randint(0, cfg.vocab_size, (b, t), dtype=torch.int64)
-    pos = torch.arange(p, p + t, dtype=torch.int64).expand(b, t).contiguous()
-    mask = torch.ones((b, p + t), dtype=torch.int64)
-    past = [torch.zeros((b, cfg.n_heads, p, cfg.head_dim)) for _ in range(2 * cfg.n_layers)]
-    dynamic: dict[str, dict[int, str]] = {
-        "input_ids": {0: "batch", 1: "sequence"},
-        "position_ids": {0: "batch", 1: "sequence"},
-        "attention_mask": {0: "batch", 1: "total_sequence"},
-        "logits": {0: "batch", 1: "sequence"},
-    }
-    for name in inputs[3:]:
-        dynamic[name] = {0: "batch", 2: "past_sequence"}
-    for name in outputs[1:]:
-        dynamic[name] = {0: "batch", 2: "total_sequence"}
-    wrapper = _wrapper(model, fast=fast)
-    with use_backend("math"), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            (ids, pos, mask, *past),
-            str(path),
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_axes=dynamic,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    _dedupe_initializers(Path(path))
-    return inputs, outputs
-
-
-def _dedupe_initializers(path: Path) -> None:
-    """Store the tied embedding once: the exporter constant-folds ``W.T`` for the output projection
-    into a second (C, V) initializer; replace ``MatMul(h, W.T)`` by ``Gemm(h, W, transB=1)``.
-    Then fail if any weight matrix is still stored twice."""
+def export_onnx(model: Any, path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Write ``model`` (a ``GPTTransformer``) as the KV-cache decode graph of
+    :mod:`gptmed.inference.graph` to ``path``; return its input and output names."""
     import onnx
-    from onnx import helper, numpy_helper
+    from gptmed.inference.graph import build_graph
 
-    model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    arrays = {
-        n: numpy_helper.to_array(i)
-        for n, i in inits.items()
-        if len(i.dims) == 2 and i.dims[0] * i.dims[1] > 4096
-    }
-    changed = False
-    for name_t, arr_t in list(arrays.items()):
-        for name, arr in arrays.items():
-            if name == name_t or arr.shape != arr_t.shape[::-1] or not np.array_equal(arr.T, arr_t):
-                continue
-            for idx, node in enumerate(graph.node):
-                if node.op_type == "MatMul" and node.input[1] == name_t:
-                    gemm = helper.make_node(
-                        "Gemm", [node.input[0], name], list(node.output), name=node.name + "_tied", transB=1
-                    )
-                    graph.node.remove(node)
-                    graph.node.insert(idx, gemm)
-                    changed = True
-                    break
-            if not any(name_t in n.input for n in graph.node):
-                graph.initializer.remove(inits[name_t])
-            break
-    if changed:
-        onnx.checker.check_model(model)
-        onnx.save_model(model, str(path))
-    seen: dict[bytes, str] = {}
-    for init in model.graph.initializer:
-        if len(init.raw_data) > (1 << 16):
-            if init.raw_data in seen:
-                raise BundleError(
-                    f"exported graph stores a weight twice ({seen[init.raw_data]} and {init.name})"
-                )
-            seen[init.raw_data] = init.name
+    _torch()
+    from gptmed.model.architecture import clean_state_dict
+
+    weights = {k: v.detach().float().cpu().numpy() for k, v in clean_state_dict(model.state_dict()).items()}
+    graph = build_graph(model.config, weights)
+    onnx.checker.check_model(graph)
+    onnx.save_model(graph, str(path))
+    return expected_io_names(model.config.n_layers)
 
 
 # ----------------------------------------------------------------------------------- parity
@@ -403,6 +253,7 @@ def quantize_int8(
     min_agreement: float = INT8_MIN_AGREEMENT,
 ) -> dict[str, Any]:
     """Dynamic int8 quantization of the MatMul/Gemm weights, gated on greedy agreement with fp32."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(None):
@@ -413,6 +264,8 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Gemm"],
+            # the contrib ops' outputs have no inferred type; they are all float32
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     int8_backend = make_backend(int8_path)
     greedy = GenerationConfig(temperature=0.0, max_length=PARITY_GREEDY_TOKENS)
@@ -463,7 +316,7 @@ def genai_config(
             "decoder": {
                 "session_options": {"log_id": "gptmed", "provider_options": []},
                 "filename": model_file,
-                "head_size": config.head_dim,
+                "head_size": kv_head_dim(config),  # the cache's (padded) head size
                 "hidden_size": config.d_model,
                 "num_attention_heads": config.n_heads,
                 "num_key_value_heads": config.n_heads,
@@ -491,7 +344,7 @@ def genai_config(
             "no_repeat_ngram_size": 0,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": True,  # GroupQueryAttention appends in place
             "repetition_penalty": generation.repetition_penalty,
             "temperature": generation.temperature if generation.temperature > 0 else 1.0,
             "top_k": generation.top_k,
@@ -626,6 +479,7 @@ def export_bundle_report(
             template=tokenizer.template,
             generation=gen,
             tokenizer_sha256=tokenizer.sha256,
+            extra={"graph_layout": GRAPH_LAYOUT},
         )
         draft.save(tmp / BUNDLE_MANIFEST)
 
@@ -634,43 +488,26 @@ def export_bundle_report(
 
         fp32 = onnx_backend(tmp / MODEL_FILE)
         torch_be = TorchBackend(model)
-        prompts = _prompt_set(tokenizer, cfg, parity_prompts)
-        graph = "fast"
-        try:
-            report.parity = check_parity(torch_be, fp32, prompts)
-        except ParityError as exc:
-            # The export-shaped forward no longer matches this model (e.g. gptmed-model changed its
-            # RoPE layout): fall back to tracing the model's own forward, gated the same way.
-            _log.warning("fast graph failed the parity gate (%s); exporting the model's own forward", exc)
-            graph = "reference"
-            export_onnx(model, tmp / MODEL_FILE, fast=False)
-            files[MODEL_FILE] = sha256_file(tmp / MODEL_FILE)
-            draft = BundleManifest(
-                model_config=cfg,
-                files=dict(files),
-                inputs=inputs,
-                outputs=outputs,
-                special_ids=special_ids,
-                template=tokenizer.template,
-                generation=gen,
-                tokenizer_sha256=tokenizer.sha256,
-            )
-            fp32 = onnx_backend(tmp / MODEL_FILE)
-            report.parity = check_parity(torch_be, fp32, prompts)
-        report.parity["graph"] = graph
+        report.parity = check_parity(torch_be, fp32, _prompt_set(tokenizer, cfg, parity_prompts))
         _log.info("parity gate passed: %s", report.parity)
         extra: dict[str, Any] = {
             "parity": report.parity,
             "checkpoint": str(ckpt.resolve()),
             "checkpoint_sha256": sha256_file(ckpt),
             "variants": {"fp32": MODEL_FILE},
+            "graph_layout": GRAPH_LAYOUT,
         }
         if ckpt_manifest is not None:
             extra["step"] = ckpt_manifest.step
             extra["val_loss"] = ckpt_manifest.extra.get("val_loss")
         if quantize == "int8":
             report.int8 = quantize_int8(
-                tmp / MODEL_FILE, tmp / MODEL_INT8_FILE, fp32, onnx_backend, prompts, min_int8_agreement
+                tmp / MODEL_FILE,
+                tmp / MODEL_INT8_FILE,
+                fp32,
+                onnx_backend,
+                _prompt_set(tokenizer, cfg, parity_prompts),
+                min_int8_agreement,
             )
             files[MODEL_INT8_FILE] = sha256_file(tmp / MODEL_INT8_FILE)
             extra["int8"] = report.int8

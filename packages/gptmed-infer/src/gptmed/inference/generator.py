@@ -222,7 +222,7 @@ class TextGenerator:
         sampler = Sampler(cfg, batch, self.config.vocab_size, prompts)
         eos = -1 if ignore_eos else self.special_ids.eos
         live = np.ones(batch, dtype=bool)
-        logits, state = self.backend.prefill(ids, mask)  # (B, V)
+        logits, state = self.backend.prefill(ids, mask, capacity=width + cfg.max_length)  # (B, V)
         for step in range(cfg.max_length):
             tokens = sampler.next_tokens(logits)  # (B,)
             for row in (int(r) for r in np.flatnonzero(live)):

@@ -62,7 +62,10 @@ class TorchBackend:
         logits: np.ndarray = out[:, -1, :].float().cpu().numpy()
         return logits
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, _TorchState]:
+    def prefill(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int | None = None
+    ) -> tuple[np.ndarray, _TorchState]:
+        """``capacity`` is accepted for the Backend protocol; the torch cache grows by concatenation."""
         mask = attention_mask.astype(np.int64)
         pos = position_ids_from_mask(mask)
         with torch.inference_mode():
