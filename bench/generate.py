@@ -114,7 +114,7 @@ def hf_model(gpt: object) -> object:
             n_layer=c.n_layers,
             n_head=c.n_heads,
             n_inner=c.d_ff,
-            activation_function="gelu_new",
+            activation_function="gelu_new" if c.activation == "gelu_tanh" else "gelu",  # the same function
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,

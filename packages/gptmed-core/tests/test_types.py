@@ -48,6 +48,7 @@ def test_presets_are_within_15_percent_of_their_size(builder, target: float) -> 
         ({"dropout": 1.5}, r"dropout must be in \[0, 1\), got 1.5"),
         ({"d_model": 12, "n_heads": 4}, "RoPE needs an even head dim"),
         ({"max_seq_len": True}, "max_seq_len must be a positive integer"),
+        ({"activation": "relu"}, r"activation must be one of \['gelu', 'gelu_tanh'\], got 'relu'"),
     ],
 )
 def test_model_config_errors_name_the_numbers(kwargs: dict, message: str) -> None:
@@ -205,3 +206,9 @@ def test_cli_errors_prints_one_line_and_exits_1(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr == "Error: qa.txt:3: bad record; fix it\n"
+
+
+def test_activation_default_and_roundtrip() -> None:
+    assert ModelConfig().activation == "gelu"
+    cfg = ModelConfig(activation="gelu_tanh")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg

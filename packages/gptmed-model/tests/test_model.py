@@ -201,6 +201,16 @@ def test_dropout_train_vs_eval() -> None:
     assert torch.equal(model(ids), model(ids))
 
 
+@pytest.mark.parametrize(("activation", "approximate"), [("gelu", "none"), ("gelu_tanh", "tanh")])
+def test_mlp_activation_follows_the_config(activation: str, approximate: str) -> None:
+    model = GPTTransformer(tiny(dropout=0.0, activation=activation)).eval()
+    mlp = model.blocks[0].mlp
+    x = torch.randn(2, 5, mlp.fc.in_features)
+    with torch.no_grad():
+        want = mlp.proj(F.gelu(mlp.fc(x), approximate=approximate))
+        assert torch.equal(mlp(x), want)
+
+
 def test_fused_loss_matches_cross_entropy() -> None:
     model = GPTTransformer(tiny(n_layers=1)).double()
     ids = torch.randint(0, 97, (3, 11))

@@ -3,6 +3,7 @@
 from typing import Any
 
 from gptmed.core.config import (
+    ACTIVATIONS,
     PRESETS,
     GenerationConfig,
     ModelConfig,
@@ -48,6 +49,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ACTIVATIONS",
     "DEFAULT_STOP",
     "DEFAULT_TEMPLATE",
     "PRESETS",

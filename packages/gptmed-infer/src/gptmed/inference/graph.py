@@ -11,14 +11,14 @@ hot path, all onnxruntime CPU kernels:
   be the **same buffer** (capacity-sized, ``(B, nh, capacity, hs)``): the runtime binds one
   OrtValue to both and the kernel appends the new keys in place, so no step copies the cache;
 * ``MatMul`` for the output projection, ``SkipLayerNormalization`` again, ``MatMul`` +
-  ``FastGelu`` (bias fused) for the MLP, ``MatMul`` back.
+  ``BiasGelu`` (``FastGelu`` for ``activation="gelu_tanh"``; bias fused) for the MLP, ``MatMul`` back.
 
 Padding is on the right: ``seqlens_k = sum(attention_mask) - 1`` per row says how many keys a row
 has; the mask's width is the total sequence length. (Where the real tokens sit inside the mask
 does not matter to the graph, only how many there are.) Logits come from a ``Gemm`` with
 ``transB=1`` on the token-embedding table, so the tied matrix is stored once.
 
-``GroupQueryAttention`` needs a head size that is a multiple of 8. Other head sizes are padded
+``GroupQueryAttention`` needs a head size that is a multiple of 8 (16 with RoPE). Other head sizes are padded
 with zero rows in the q/k/v weights (and zero columns in the output projection's input), which
 changes no logit: padded q and k add 0 to every dot product, padded v dims come out 0 and are
 multiplied by 0; the extra RoPE pairs rotate zeros. The cache then has :func:`kv_head_dim` dims.
@@ -45,8 +45,9 @@ LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which GPTTransformer uses
 
 
 def kv_head_dim(config: ModelConfig) -> int:
-    """Head size of the graph's KV cache: the model's, rounded up to a multiple of 8."""
-    return -(-config.head_dim // 8) * 8
+    """Head size of the graph's KV cache: the model's, rounded up to a multiple of 16
+    (``GroupQueryAttention`` needs multiples of 8, and of 16 when it applies RoPE)."""
+    return -(-config.head_dim // 16) * 16
 
 
 def _pad_heads(array: np.ndarray, nh: int, hs: int, hs_pad: int, axis: int) -> np.ndarray:
@@ -166,7 +167,7 @@ def build_graph(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> Any:
         h2 = ln(f"h{i}_ln2", p + "ln2")
         fc = linear(h2, p + "mlp.fc", f"fc{i}", w(p + "mlp.fc.weight").T)
         node(
-            "FastGelu",
+            "FastGelu" if config.activation == "gelu_tanh" else "BiasGelu",  # bias + GELU, one kernel
             [fc, init(p + "mlp.fc.bias", w(p + "mlp.fc.bias"))],
             [f"gelu{i}"],
             domain="com.microsoft",

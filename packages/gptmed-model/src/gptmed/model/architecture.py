@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from gptmed.core.config import ModelConfig
 from gptmed.model.attention import attention
 from gptmed.model.loss import linear_cross_entropy
-from gptmed.model.ops import apply_rope, is_tracing, rope
+from gptmed.model.ops import Dropout, apply_rope, is_tracing, rope
 
 __all__ = ["GPTTransformer", "KVCache", "apply_rope", "clean_state_dict", "rope_tables", "unwrap"]
 
@@ -88,7 +88,7 @@ class CausalSelfAttention(nn.Module):
         self.use_rope = config.use_rope
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # fused q, k, v
         self.proj = nn.Linear(config.d_model, config.d_model)
-        self.resid_drop = nn.Dropout(config.dropout)
+        self.resid_drop = Dropout(config.dropout)
 
     def forward(
         self,
@@ -120,10 +120,11 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.d_model, config.d_ff)
         self.proj = nn.Linear(config.d_ff, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"  # F.gelu's argument
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        out: torch.Tensor = self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        out: torch.Tensor = self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
         return out
 
 
@@ -162,7 +163,7 @@ class GPTTransformer(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = None if config.use_rope else nn.Embedding(config.max_seq_len, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         if config.use_rope:

@@ -1,16 +1,24 @@
-"""RoPE with few kernels on the eager path.
+"""RoPE and dropout with few, cheap kernels on the eager path.
 
 On a CPU every elementwise kernel is a full pass over memory and a thread-pool synchronisation, so
 the eager path uses as few as possible; under tracing (torch.compile, export) the plain form is used.
 RoPE (interleaved pairs) is one complex multiplication in fp32/fp64 eager mode (forward and backward
 one kernel each); :func:`apply_rope` is the same rotation in plain real ops (export-safe).
+
+:class:`Dropout` draws its CPU mask from 15 random bits per element (``int16.random_()``) instead
+of ``bernoulli_``, which costs 10 ms per (8, 512, 256) activation on 2 cores (3.8 ms this way;
+21 dropouts per step of the small model).
 """
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
-__all__ = ["apply_rope", "is_tracing", "rope"]
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["Dropout", "apply_rope", "is_tracing", "rope"]
 
 
 def is_tracing() -> bool:
@@ -42,3 +50,38 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     freqs = torch.complex(cos.to(x.dtype), sin.to(x.dtype))  # (..., hs/2) complex, tiny
     xc = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))  # (..., hs/2) complex view of x
     return torch.view_as_real(xc * freqs).flatten(-2)
+
+
+_DROPOUT_BITS = 15  # int16.random_() is uniform over [0, 2**15)
+
+
+class _CpuDropout(torch.autograd.Function):
+    """Keep each element with probability ``keep / 2**15`` (``keep = round((1 - p) * 2**15)``) and
+    scale kept ones by ``2**15 / keep``: unbiased, and within 2**-16 of the asked ``p``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep = round((1.0 - p) * (1 << _DROPOUT_BITS))
+        mask = torch.empty(x.shape, dtype=torch.int16, device=x.device).random_() < keep  # bool, 1 byte
+        ctx.save_for_backward(mask)
+        ctx.scale = (1 << _DROPOUT_BITS) / keep
+        return torch.where(mask, x, 0.0).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, grad, 0.0).mul_(ctx.scale), None
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same attribute, same state dict) with the cheap CPU mask of this module.
+
+    CUDA, tracing (torch.compile fuses its own) and ``p`` too close to 1 use ``F.dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or is_tracing() or round((1.0 - self.p) * (1 << _DROPOUT_BITS)) < 1:
+            return F.dropout(x, self.p, True, self.inplace)
+        out: torch.Tensor = _CpuDropout.apply(x, self.p)  # type: ignore[no-untyped-call]
+        return out
