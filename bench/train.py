@@ -2,7 +2,10 @@
 
 Both train a model of the `small` preset's size (width, depth, heads, d_ff, vocab 8000, context 512)
 on the same MedQuAD rows in the same order, loss on all non-pad tokens, same AdamW (betas 0.9/0.95,
-weight decay 0.01 on matrices), same warmup + cosine schedule, gradient clipping 1.0, dropout 0.1, fp32.
+weight decay 0.01 on matrices), same warmup + cosine schedule, gradient clipping 1.0, dropout 0.1, fp32,
+and the same objective: every Q&A pair packed into a row is trained from position 0 and attends only
+to itself (gptmed-train's segments; the HF loop passes the same position_ids and a 4-D mask).
+HF keeps GPT-2's activation (`gelu_new`); ours is the preset's (exact GELU).
 Ours is the real trainer (`gptmed.training.train_model`: data loading from the .npy memmaps, loss
 masking, clipping, metrics.jsonl, checkpoint at the end); tokens/s is timed between its step
 callbacks after the first step. Each side runs in its own process (peak RSS = that process's
@@ -112,7 +115,7 @@ def child_hf(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from gptmed.core import get_small_config
     from gptmed.training.schedule import WarmupCosine
-    from gptmed.training.trainer import _epoch_order
+    from gptmed.training.trainer import _epoch_order, pair_segments
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(args.threads)
@@ -164,11 +167,19 @@ def child_hf(args: argparse.Namespace) -> dict[str, Any]:
         labels = batch.clone()
         labels[labels == 0] = -100  # pad is never a target (as --loss-on all)
         sched.set_step(step)
+        # the objective gptmed-train trains: each packed pair from position 0, attending only to
+        # itself (HF GPT-2 takes position_ids and a 4-D boolean mask)
+        x = batch[:, :-1]
+        segments, positions = pair_segments(x, bos_id=2)
+        kw: dict[str, Any] = {"position_ids": positions}
+        if bool((segments != segments[:, :1]).any()):
+            causal = torch.ones(x.size(1), x.size(1), dtype=torch.bool).tril()
+            kw["attention_mask"] = (causal & (segments[:, :, None] == segments[:, None, :])).unsqueeze(1)
         if args.precision == "bf16":  # autocast like ours: fp32 master weights, fp32 loss
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(input_ids=batch[:, :-1]).logits
+                logits = model(input_ids=x, **kw).logits
         else:
-            logits = model(input_ids=batch[:, :-1]).logits
+            logits = model(input_ids=x, **kw).logits
         loss = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1)
         )
