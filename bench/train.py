@@ -272,7 +272,7 @@ def main() -> None:
         "# Trainer benchmark (bench/train.py)",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs: 1-minute load average "
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs (1-minute load average "
         f"{min(loads):.1f}-{max(loads):.1f} during the runs), torch {_torch_version()}, {args.threads} threads",
         f"- command: `python bench/train.py --steps {args.steps} --batch-size {args.batch_size} "
         f"--max-pairs {args.max_pairs} --rounds {args.rounds} --precisions {args.precisions}`",
