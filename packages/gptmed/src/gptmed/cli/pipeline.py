@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +127,17 @@ def choose_max_length(lengths: list[int], cap: int = 512) -> Choice:
     return Choice("max length", value, reason)
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src``'s content, atomically: a hard link where the filesystem allows, else a copy."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) -> PipelineResult:
     """Run (or continue) the pipeline for ``options``; see the module docstring."""
     # Component imports happen here: `gptmed --help` must stay fast and work on partial installs.
@@ -166,7 +179,8 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
     best = ckpt_dir / "best_model.pt"
     if options.export_checkpoint not in ("best", "last"):
         raise ConfigError(f"export_checkpoint must be 'best' or 'last', got {options.export_checkpoint!r}")
-    last = ckpt_dir / f"checkpoint_epoch_{options.epochs}.pt"
+    # the newest checkpoint of the run, whatever its name (early stopping and keep-last change it)
+    last = ckpt_dir / "last_model.pt"
     exported = best if options.export_checkpoint == "best" else last
     eval_json = out / "eval.json"
     runner = StepRunner(out, echo=echo, force=options.force)
@@ -300,6 +314,11 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
             **train_params,
         )
         result = train_model(config, EpochLines())
+        if options.export_checkpoint == "last":
+            if result.last_checkpoint is None:
+                raise ConfigError("training saved no checkpoint to export", where=str(ckpt_dir))
+            _link_or_copy(result.last_checkpoint, last)
+            return f"best val loss {result.best_val_loss:.4f}; last checkpoint -> {last}"
         return f"best val loss {result.best_val_loss:.4f} -> {best}"
 
     runner.run_one(
