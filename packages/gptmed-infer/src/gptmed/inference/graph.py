@@ -118,34 +118,34 @@ def build_graph(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> Any:
         x = node("Add", ["x_tok", "x_pos"], ["x_0"])[0]
 
     skip: tuple[str, str] | None = None  # (branch output, its bias) still to be added to x
+
+    def ln(name: str, key: str) -> str:
+        """LayerNorm of x (+ the pending branch and bias) -> normed; x becomes the sum."""
+        nonlocal x, skip
+        gamma, beta = init(f"{key}.weight", w(f"{key}.weight")), init(f"{key}.bias", w(f"{key}.bias"))
+        if skip is None:
+            return node("LayerNormalization", [x, gamma, beta], [name], axis=-1, epsilon=LN_EPS)[0]
+        branch, bias = skip
+        out = node(
+            "SkipLayerNormalization",
+            [branch, x, gamma, beta, bias],
+            [name, "", "", f"{name}_resid"],
+            domain="com.microsoft",
+            epsilon=LN_EPS,
+        )
+        x, skip = out[3], None
+        return out[0]
+
+    def linear(src: str, key: str, out: str, weight_t: np.ndarray, bias: np.ndarray | None = None) -> str:
+        """``src @ weight_t`` (+ ``bias``); weight_t is (in, out)."""
+        mm_out = out if bias is None else f"{out}_mm"
+        y = node("MatMul", [src, init(f"{key}.weight.T", weight_t)], [mm_out])[0]
+        if bias is not None:
+            y = node("Add", [y, init(f"{key}.bias", bias)], [out])[0]
+        return y
+
     for i in range(n_layers):
         p = f"blocks.{i}."
-
-        def ln(name: str, key: str) -> str:
-            """LayerNorm of x (+ the pending branch and bias) -> normed; x becomes the sum."""
-            nonlocal x, skip
-            gamma, beta = init(f"{key}.weight", w(f"{key}.weight")), init(f"{key}.bias", w(f"{key}.bias"))
-            if skip is None:
-                return node("LayerNormalization", [x, gamma, beta], [name], axis=-1, epsilon=LN_EPS)[0]
-            branch, bias = skip
-            out = node(
-                "SkipLayerNormalization",
-                [branch, x, gamma, beta, bias],
-                [name, "", "", f"{name}_resid"],
-                domain="com.microsoft",
-                epsilon=LN_EPS,
-            )
-            x, skip = out[3], None
-            return out[0]
-
-        def linear(src: str, key: str, out: str, weight_t: np.ndarray, bias: np.ndarray | None = None) -> str:
-            y = node(
-                "MatMul", [src, init(f"{key}.weight.T", weight_t)], [out if bias is None else f"{out}_mm"]
-            )[0]
-            if bias is not None:
-                y = node("Add", [y, init(f"{key}.bias", bias)], [out])[0]
-            return y
-
         h = ln(f"h{i}_ln1", p + "ln1")
         qkv_t = _pad_heads(w(p + "attn.qkv.weight").T, nh, hs, hs_pad, axis=1)  # (C, 3 * nh * hs_pad)
         qkv_b = _pad_heads(w(p + "attn.qkv.bias"), nh, hs, hs_pad, axis=0)
