@@ -145,7 +145,7 @@ class OnnxBackend:
     # ------------------------------------------------------------------------------ the cache
     def _new_state(self, batch: int, capacity: int) -> _OrtState:
         cfg = self.config
-        shape = (batch, cfg.n_heads, capacity, kv_head_dim(cfg))  # (B, nh, capacity, hs rounded up to 8)
+        shape = (batch, cfg.n_heads, capacity, kv_head_dim(cfg))  # (B, nh, capacity, hs rounded up to 16)
         buffers = [np.zeros(shape, dtype=np.float32) for _ in self._past_names]
         state = _OrtState(self.session.io_binding(), buffers, np.zeros(batch, dtype=np.int64))
         self._bind_cache(state)
@@ -222,7 +222,7 @@ class OnnxBackend:
         return self._run(state, ids, pos, needed)[:, -1, :].copy()
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Logits at every position, in the caller's (e.g. left-padded) layout; padding rows get 0."""
+        """Logits at every position, in the caller's (e.g. left-padded) layout; padding positions get 0."""
         ids, lengths, order = _right_aligned(input_ids, attention_mask)
         batch, width = ids.shape
         state = self._new_state(batch, width)
