@@ -101,6 +101,7 @@ def test_packing_matches_reference(
     pairs = read_pairs(long_corpus)
     train_idx, val_idx = split_pairs([p.question for p in pairs], 0.9, 1)
     assert manifest.extra["long_pairs"] > 0
+    assert manifest.extra["val_pair_indices"] == val_idx.tolist()  # recorded: which pairs are held out
     for split, index in (("train", train_idx), ("val", val_idx)):
         seqs = [tok.encode_pair(pairs[i].question, pairs[i].answer) for i in index]
         want_tokens, want_mask = reference_pack(seqs, max_length, stride or max_length)

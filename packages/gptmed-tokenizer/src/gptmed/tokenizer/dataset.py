@@ -388,6 +388,8 @@ def tokenize_dataset(
             "long_pairs": packed["train"].long_pairs + packed["val"].long_pairs,
             "longest_pair_tokens": longest,
             "duplicate_question_pairs": duplicates,
+            # which pairs (0-based, in input order) went to val.npy: the model never trains on them
+            "val_pair_indices": [int(i) for i in val_idx],
             "gptmed_tokenizer_version": _version(),
         },
     )
