@@ -7,9 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from gptmed.cli.pipeline import PipelineOptions, PipelineResult, run_pipeline
-from gptmed.core import DataError, QAPair, iter_qa_lines, read_qa_text
+from gptmed.core import DataError, DatasetManifest, QAPair, read_qa_text, sha256_file
 
 __all__ = ["QuickstartResult", "run_quickstart", "validation_questions"]
 
@@ -22,23 +21,21 @@ class QuickstartResult:
     asked: int  # trained questions asked
 
 
-def validation_questions(tokenized: Path, tokenizer_path: Path) -> set[str]:
-    """Questions of the pairs that went to val.npy: the model never trained on these."""
-    from gptmed.tokenizer import Tokenizer
-
-    tok = Tokenizer(tokenizer_path)
-    bos = tok.special_ids.bos
-    questions: set[str] = set()
-    for row in np.load(tokenized / "val.npy", mmap_mode="r"):
-        ids = [int(i) for i in row]
-        starts = [i for i, t in enumerate(ids) if t == bos]
-        for a, b in zip(starts, [*starts[1:], len(ids)], strict=True):
-            text = tok.decode(ids[a:b])
-            try:
-                questions.update(p.question for _, p in iter_qa_lines(text.split("\n")))
-            except DataError:
-                continue  # a window cut inside a pair: not a whole question
-    return questions
+def validation_questions(tokenized: Path) -> set[str]:
+    """Questions of the pairs that went to val.npy (the model never trained on these), as
+    ``tokenize_dataset`` recorded them: ``extra.val_pair_indices`` of metadata.json, indices into
+    the Q&A file it tokenized (``input_path``, checked against ``input_sha256``)."""
+    meta = tokenized / "metadata.json"
+    manifest = DatasetManifest.load(meta)
+    source = Path(manifest.input_path)
+    if "val_pair_indices" not in manifest.extra or sha256_file(source) != manifest.input_sha256:
+        raise DataError(
+            f"metadata.json does not say which pairs of {source} went to val",
+            where=str(meta),
+            hint="re-run the tokenize step (gptmed quickstart --force)",
+        )
+    held_out = set(manifest.extra["val_pair_indices"])
+    return {p.question for i, p in enumerate(read_qa_text(source)) if i in held_out}
 
 
 def run_quickstart(
@@ -79,7 +76,7 @@ def run_quickstart(
         export_checkpoint="last",
     )
     result = run_pipeline(options, echo=echo)
-    unseen = validation_questions(out / "data" / "tokenized", result.tokenizer)
+    unseen = validation_questions(out / "data" / "tokenized")
     trained: list[QAPair] = [p for p in read_qa_text(out / "data" / "train.txt") if p.question not in unseen]
     rng = random.Random(seed)
     picked = rng.sample(trained, k=min(max(questions, check), len(trained)))
