@@ -90,3 +90,20 @@ def test_a_failed_step_is_not_recorded(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         StepRunner(tmp_path, echo=lambda _: None).run_one(Step("x", "X", [], [tmp_path / "o"], boom), 1, 1)
     assert not (tmp_path / "pipeline.json").exists()
+
+
+def test_memo_reuses_a_derived_value_until_its_inputs_change(tmp_path: Path) -> None:
+    src = tmp_path / "pairs.txt"
+    src.write_text("one")
+    calls: list[str] = []
+
+    def compute() -> dict[str, int]:
+        calls.append(src.read_text())
+        return {"value": len(calls)}
+
+    assert StepRunner(tmp_path).memo("n", [src], compute) == {"value": 1}
+    assert StepRunner(tmp_path).memo("n", [src], compute) == {"value": 1}  # from pipeline.json
+    src.write_text("two")
+    assert StepRunner(tmp_path).memo("n", [src], compute) == {"value": 2}
+    assert StepRunner(tmp_path, force=True).memo("n", [src], compute) == {"value": 3}
+    assert calls == ["one", "two", "two"]

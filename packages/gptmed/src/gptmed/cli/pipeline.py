@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -261,9 +261,17 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
     )
 
     # 4. tokenize
-    tokenizer = Tokenizer(tok_model)
-    lengths = [len(tokenizer.encode_pair(p.question, p.answer)[0]) for p in read_qa_text(train_txt)]
-    max_length = announce(choose_max_length(lengths), options.max_length)
+    def length_choice() -> dict[str, Any]:  # encodes every pair: remembered while its inputs stay
+        tokenizer = Tokenizer(tok_model)
+        lengths = [len(tokenizer.encode_pair(p.question, p.answer)[0]) for p in read_qa_text(train_txt)]
+        return asdict(choose_max_length(lengths))
+
+    if options.max_length is None:
+        max_length = announce(
+            Choice(**runner.memo("max_length", [train_txt, tok_model], length_choice)), None
+        )
+    else:
+        max_length = announce(Choice("max length", options.max_length, ""), options.max_length)
 
     def do_tokenize() -> str:
         manifest = tokenize_dataset(

@@ -77,6 +77,22 @@ class StepRunner:
             return False
         return all(fingerprint(Path(p)) == sha for p, sha in saved.get("outputs", {}).items())
 
+    def memo(self, key: str, inputs: list[Path], compute: Callable[[], Any]) -> Any:
+        """``compute()`` (a JSON value), reused from pipeline.json while ``inputs`` are unchanged:
+        for choices derived from data (e.g. the context length from every pair's token count)
+        that decide whether a later step is current."""
+        prints = {str(p): fingerprint(p) for p in inputs}
+        saved = self.state.setdefault("memo", {}).get(key)
+        if not self.force and isinstance(saved, dict) and saved.get("inputs") == prints:
+            return saved.get("value")
+        value = json.loads(json.dumps(compute()))
+        self.state["memo"][key] = {"inputs": prints, "value": value}
+        self._save()
+        return value
+
+    def _save(self) -> None:
+        atomic_write_text(self.state_path, json.dumps(self.state, indent=2, sort_keys=True) + "\n")
+
     def run_one(self, step: Step, index: int, total: int) -> bool:
         """Run ``step`` unless it is current; return True when it ran."""
         head = f"[{index}/{total}] {step.title}"
@@ -91,6 +107,6 @@ class StepRunner:
         record["outputs"] = {str(p): fingerprint(p) for p in step.outputs}
         record["seconds"] = round(elapsed, 2)
         self.state["steps"][step.name] = record
-        atomic_write_text(self.state_path, json.dumps(self.state, indent=2, sort_keys=True) + "\n")
+        self._save()
         self.echo(f"      {summary} ({elapsed:.1f}s)")
         return True
