@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
     [("gelu", True, 32), ("gelu_tanh", True, 32), ("gelu", False, 48), ("gelu_tanh", False, 48)],
 )
 def test_graph_matches_torch_prefill_and_decode(activation: str, use_rope: bool, d_model: int) -> None:
+    from gptmed.inference.export import graph_weights
     from gptmed.inference.graph import build_graph, kv_head_dim
     from gptmed.model import GPTTransformer
 
@@ -25,7 +26,7 @@ def test_graph_matches_torch_prefill_and_decode(activation: str, use_rope: bool,
     )  # fmt: skip
     torch.manual_seed(0)
     model = GPTTransformer(cfg).eval()
-    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    weights = graph_weights(model)
     sess = ort.InferenceSession(
         build_graph(cfg, weights).SerializeToString(), providers=["CPUExecutionProvider"]
     )

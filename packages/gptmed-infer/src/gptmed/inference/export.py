@@ -63,6 +63,7 @@ __all__ = [
     "export_bundle",
     "export_onnx",
     "genai_config",
+    "graph_weights",
 ]
 
 _log = logging.getLogger(__name__)
@@ -127,17 +128,26 @@ def _versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------------- the graph
 
 
+def graph_weights(model: Any) -> dict[str, np.ndarray]:
+    """What :func:`gptmed.inference.graph.build_graph` reads from a ``GPTTransformer``: its state
+    dict (wrapper prefixes removed) and, with RoPE, the model's own cos/sin tables (non-persistent
+    buffers, so the graph rotates exactly as the model does), all as float32 numpy arrays."""
+    _torch()
+    from gptmed.model.architecture import clean_state_dict
+
+    tensors = dict(clean_state_dict(model.state_dict()))
+    if model.rope_cos is not None:
+        tensors["rope_cos"], tensors["rope_sin"] = model.rope_cos, model.rope_sin  # (max_seq_len, hs/2)
+    return {k: v.detach().float().cpu().numpy() for k, v in tensors.items()}
+
+
 def export_onnx(model: Any, path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """Write ``model`` (a ``GPTTransformer``) as the KV-cache decode graph of
     :mod:`gptmed.inference.graph` to ``path``; return its input and output names."""
     import onnx
     from gptmed.inference.graph import build_graph
 
-    _torch()
-    from gptmed.model.architecture import clean_state_dict
-
-    weights = {k: v.detach().float().cpu().numpy() for k, v in clean_state_dict(model.state_dict()).items()}
-    graph = build_graph(model.config, weights)
+    graph = build_graph(model.config, graph_weights(model))
     onnx.checker.check_model(graph)
     onnx.save_model(graph, str(path))
     return expected_io_names(model.config.n_layers)
@@ -488,7 +498,8 @@ def export_bundle_report(
 
         fp32 = onnx_backend(tmp / MODEL_FILE)
         torch_be = TorchBackend(model)
-        report.parity = check_parity(torch_be, fp32, _prompt_set(tokenizer, cfg, parity_prompts))
+        prompts = _prompt_set(tokenizer, cfg, parity_prompts)
+        report.parity = check_parity(torch_be, fp32, prompts)
         _log.info("parity gate passed: %s", report.parity)
         extra: dict[str, Any] = {
             "parity": report.parity,
@@ -502,12 +513,7 @@ def export_bundle_report(
             extra["val_loss"] = ckpt_manifest.extra.get("val_loss")
         if quantize == "int8":
             report.int8 = quantize_int8(
-                tmp / MODEL_FILE,
-                tmp / MODEL_INT8_FILE,
-                fp32,
-                onnx_backend,
-                _prompt_set(tokenizer, cfg, parity_prompts),
-                min_int8_agreement,
+                tmp / MODEL_FILE, tmp / MODEL_INT8_FILE, fp32, onnx_backend, prompts, min_int8_agreement
             )
             files[MODEL_INT8_FILE] = sha256_file(tmp / MODEL_INT8_FILE)
             extra["int8"] = report.int8

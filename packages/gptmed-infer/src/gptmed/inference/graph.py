@@ -1,7 +1,7 @@
 """The decode graph, written node by node from a ``GPTTransformer`` state dict (numpy, no torch).
 
-One graph serves prefill, cached decode and full forward. Per block it runs five nodes on the
-hot path, all onnxruntime CPU kernels:
+One graph serves prefill, cached decode and full forward. Per block it runs nine nodes, all
+onnxruntime CPU kernels:
 
 * ``SkipLayerNormalization``: residual add + the previous projection's bias + LayerNorm, in one
   pass (it also returns the new residual stream);
@@ -62,8 +62,9 @@ def _pad_heads(array: np.ndarray, nh: int, hs: int, hs_pad: int, axis: int) -> n
 
 
 def build_graph(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> Any:
-    """An ``onnx.ModelProto`` computing ``GPTTransformer(config)`` with ``weights`` (its state dict
-    as float32 numpy arrays, wrapper prefixes removed)."""
+    """An ``onnx.ModelProto`` computing ``GPTTransformer(config)`` with ``weights``: its state dict
+    as float32 numpy arrays, wrapper prefixes removed, plus ``rope_cos`` / ``rope_sin`` (the model's
+    RoPE tables) when ``config.use_rope`` (see :func:`gptmed.inference.export.graph_weights`)."""
     from onnx import TensorProto, helper, numpy_helper
 
     c, nh, hs, n_layers = config.d_model, config.n_heads, config.head_dim, config.n_layers
@@ -105,12 +106,10 @@ def build_graph(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> Any:
     rotary: dict[str, Any] = {}
     rope_inputs = ["", ""]
     if config.use_rope:
-        inv = 1.0 / (10000.0 ** (np.arange(0, hs, 2, dtype=np.float64) / hs))  # rope_tables' formula
-        ang = np.outer(np.arange(config.max_seq_len, dtype=np.float64), inv)  # (max_seq_len, hs/2)
-        ang = np.pad(ang, [(0, 0), (0, (hs_pad - hs) // 2)])  # padded pairs: angle 0 (they are zeros)
+        pairs = [(0, 0), (0, (hs_pad - hs) // 2)]  # padded pairs rotate by angle 0 (they are zeros)
         rope_inputs = [
-            init("rope_cos", np.cos(ang).astype(np.float32)),
-            init("rope_sin", np.sin(ang).astype(np.float32)),
+            init("rope_cos", np.pad(w("rope_cos"), pairs, constant_values=1.0)),  # (max_seq_len, hs_pad/2)
+            init("rope_sin", np.pad(w("rope_sin"), pairs)),
         ]
         rotary = {"do_rotary": 1, "rotary_interleaved": 1}
     else:
