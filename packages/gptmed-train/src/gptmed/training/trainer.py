@@ -863,7 +863,10 @@ def _forward_loss(
     kw = {"position_ids": positions}
     if bool((segments != segments[:, :1]).any()):  # some row packs several pairs: keep them apart
         kw["segment_ids"] = segments  # (an explicit mask: costs more than plain causal attention)
-    if autocast_dtype is None:
-        return model(x, targets=y, **kw)  # type: ignore[no-any-return]
-    with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
         return model(x, targets=y, **kw)  # type: ignore[no-any-return]
