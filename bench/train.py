@@ -5,7 +5,10 @@ on the same MedQuAD rows in the same order, loss on all non-pad tokens, same Ada
 weight decay 0.01 on matrices), same warmup + cosine schedule, gradient clipping 1.0, dropout 0.1, fp32,
 and the same objective: every Q&A pair packed into a row is trained from position 0 and attends only
 to itself (gptmed-train's segments; the HF loop passes the same position_ids and a 4-D mask).
-HF keeps GPT-2's activation (`gelu_new`); ours is the preset's (exact GELU).
+HF keeps GPT-2's activation (`gelu_new`); ours is the preset's (exact GELU). Ours drops each row's
+trailing padding from its forward and backward and attends per pair (gptmed-model's packed-row path);
+the HF loop computes the padded (B, T) batch with a 4-D mask. Tokens/s counts the same row slots
+(B x (T - 1), padding included) on both sides.
 Ours is the real trainer (`gptmed.training.train_model`: data loading from the .npy memmaps, loss
 masking, clipping, metrics.jsonl, checkpoint at the end); tokens/s is timed between its step
 callbacks after the first step. Each side runs in its own process (peak RSS = that process's

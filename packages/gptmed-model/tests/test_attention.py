@@ -130,3 +130,70 @@ def test_fused_falls_back_for_unsupported_masks_and_head_dims() -> None:
     assert why is None and km is not None and km.shape == (1, 5)
     with use_backend("fused"):
         torch.testing.assert_close(attention(q, k, v), math_attention(q, k, v))
+
+
+# -- packed rows: per-run attention -----------------------------------------------------------------
+def test_segment_runs_cut_at_row_starts_and_id_changes() -> None:
+    from gptmed.model.attention import segment_runs
+
+    ids = torch.tensor([[1, 1, 2, 2, 2, -1], [2, 2, 2, 2, 2, 2], [0, 1, 1, 1, -1, -1]])
+    runs = segment_runs(ids)
+    assert runs.lengths == (2, 3, 1, 6, 1, 3, 2)  # row 1's id 2 does not merge with row 0's
+    assert runs.skip == (False, False, True, False, False, False, True)
+    assert not runs.causal_exact  # rows 0 and 2 hold two pairs
+    single = segment_runs(torch.tensor([[1, 1, 1, -1], [4, 4, 4, 4]]))
+    assert single.causal_exact and single.skip == (False, True, False)
+    assert not segment_runs(torch.tensor([[-1, 1, 1, 1]])).causal_exact  # a row must start attended
+
+
+def test_plan_picks_the_cheapest_exact_path() -> None:
+    from gptmed.model.attention import SegmentRuns, plan_segments
+
+    # one long row split in two (width 256): 2 * (256^2 + 6250) < 512^2 * 1.25 -> runs
+    assert plan_segments(SegmentRuns((256, 256), (False, False), False), 1, 512, 256) == "runs"
+    # a full row and a few padding tokens: causal over the whole row is as cheap and exact
+    assert plan_segments(SegmentRuns((510, 2), (False, True), True), 1, 512, 256) == "causal"
+    # a row of padding mostly: the run costs a fraction of the row
+    assert plan_segments(SegmentRuns((100, 412), (False, True), True), 1, 512, 256) == "runs"
+    # many short pairs: per-call overhead beats the (small) mask, more so for a narrow model
+    short = SegmentRuns((32,) * 16, (False,) * 16, False)
+    assert plan_segments(short, 1, 512, 256) == "runs"
+    assert plan_segments(short, 1, 512, 32) == "mask"
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_runs_attention_equals_the_segment_mask_forward_and_backward(backend: str) -> None:
+    from gptmed.model.attention import runs_attention, segment_runs
+
+    torch.manual_seed(0)
+    B, H, T, D = 3, 2, 11, 8
+    ids = torch.tensor(
+        [[1] * 4 + [2] * 5 + [-1] * 2, [3] * 11, [0] * 2 + [1] * 3 + [2] * 6]
+    )  # pairs, a whole row, padding
+    base = [torch.randn(B, T, H, D) for _ in range(3)]
+    attended = (ids >= 0)[:, :, None, None]  # (B, T, 1, 1): outputs at padding are unspecified
+    weights = torch.randn(B, T, H, D) * attended
+
+    def loss_with_mask() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        keep = causal_keep_mask(T, T, q.device) & (ids[:, :, None] == ids[:, None, :])
+        with use_backend(backend):
+            y = attention(*(t.transpose(1, 2) for t in (q, k, v)), mask=keep.unsqueeze(1)).transpose(1, 2)
+        (y * weights).sum().backward()
+        return y * attended, [t.grad for t in (q, k, v)]  # type: ignore[misc]
+
+    def loss_with_runs() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        with use_backend(backend):
+            y = runs_attention(*(t.reshape(B * T, H, D) for t in (q, k, v)), segment_runs(ids))
+        y = y.view(B, T, H, D)
+        assert (y[~attended.expand_as(y)] == 0).all()  # padding outputs are zeros
+        (y * weights).sum().backward()
+        return y, [t.grad for t in (q, k, v)]  # type: ignore[misc]
+
+    y_mask, g_mask = loss_with_mask()
+    y_runs, g_runs = loss_with_runs()
+    torch.testing.assert_close(y_runs, y_mask, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_runs, g_mask, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert g_runs[1][2, 1].abs().sum() > 0  # a key inside a pair does get gradient

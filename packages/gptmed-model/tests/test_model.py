@@ -230,12 +230,17 @@ def test_fused_loss_matches_cross_entropy() -> None:
     h = torch.randn(37, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(13, 8, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 13, (37,))
-    (2 * linear_cross_entropy(h, w, t, chunk_rows=5)).backward()
-    gh, gw = h.grad, w.grad
-    h.grad = w.grad = None
-    (2 * F.cross_entropy(h @ w.t(), t)).backward()
-    torch.testing.assert_close(gh, h.grad)
-    torch.testing.assert_close(gw, w.grad)
+    for ignored in (0, 11, 37):  # none, some (dropped before the logits), all (loss 0, no gradient)
+        t[:ignored] = -100
+        (2 * linear_cross_entropy(h, w, t, chunk_rows=5)).backward()
+        gh, gw = h.grad, w.grad
+        h.grad = w.grad = None
+        ref = F.cross_entropy(h @ w.t(), t) if ignored < 37 else (h @ w.t()).sum() * 0
+        (2 * ref).backward()
+        torch.testing.assert_close(gh, h.grad)
+        torch.testing.assert_close(gw, w.grad)
+        assert gh is not None and (gh[:ignored] == 0).all()
+        h.grad = w.grad = None
 
 
 def test_clean_state_dict_and_unwrap() -> None:
@@ -308,3 +313,50 @@ def test_segment_ids_make_a_packed_pair_equal_to_the_pair_alone() -> None:
     assert (unmasked[:, 5:9] - model(second)).abs().max() > 1e-3  # without segments it differs
     with pytest.raises(ValueError, match="segment_ids must have input_ids' shape"):
         model(row, segment_ids=segments[:, :5])
+
+
+def test_packed_rows_give_the_same_loss_and_grads_per_run_as_with_the_mask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The model splits packed rows into runs when that is cheaper (long pairs, trailing padding)
+    # and otherwise builds one mask; both must train the same function.
+    import gptmed.model.architecture as arch
+    from gptmed.model.attention import SegmentRuns, plan_segments
+
+    cfg = get_tiny_config(vocab_size=64, max_seq_len=64).replace(dropout=0.0)
+    torch.manual_seed(0)
+    model = GPTTransformer(cfg)
+    x = torch.randint(4, 64, (2, 40))
+    segments = torch.tensor([[1] * 25 + [2] * 15, [3] * 30 + [-1] * 10])
+    positions = torch.cat((torch.arange(25), torch.arange(15))).expand(2, 40).clone()
+    positions[1] = torch.arange(40)
+    targets = x.roll(-1, dims=1)
+    targets[1, 30:] = -100  # padding is never a target
+
+    def run(plan: str) -> tuple[float, list[torch.Tensor], torch.Tensor]:
+        seen: list[str] = []
+
+        def forced(runs: SegmentRuns, b: int, t: int, width: int) -> str:
+            seen.append(plan_segments(runs, b, t, width))
+            return plan
+
+        monkeypatch.setattr(arch, "plan_segments", forced)
+        model.zero_grad()
+        loss = model(x, targets=targets, segment_ids=segments, position_ids=positions)
+        loss.backward()
+        assert seen == ["mask"]  # (its own choice at this size: 40 tokens are cheaper as one mask)
+        with torch.no_grad():
+            h, presents = model.hidden_states(x, segment_ids=segments, position_ids=positions)
+        assert presents == ()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters()], h
+
+    loss_runs, g_runs, h_runs = run("runs")  # padding dropped from the whole stack
+    loss_mask, g_mask, h_mask = run("mask")
+    assert loss_runs == pytest.approx(loss_mask, rel=1e-6)
+    for a, b in zip(g_runs, g_mask, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h_runs[0], h_mask[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h_runs[1, :30], h_mask[1, :30], atol=1e-5, rtol=1e-4)
+    assert (h_runs[1, 30:] == 0).all()  # padding rows: zeros (unspecified by contract)
+    with pytest.raises(ValueError, match="cannot be combined with use_cache"):
+        model(x, segment_ids=segments, use_cache=True)

@@ -109,3 +109,8 @@ def test_pair_segments_restart_at_every_bos() -> None:
     segments, positions = pair_segments(x, bos_id=2)
     assert segments.tolist() == [[0, 0, 1, 1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 2, 2, 2, 2, 2, 2, 2]]
     assert positions.tolist() == [[0, 1, 0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 0, 1, 2, 3, 4, 5, 6]]
+    padded, same = pair_segments(x, bos_id=2, pad_id=0)  # trailing padding only becomes -1
+    assert padded.tolist() == [[0, 0, 1, 1, 1, 1, 2, 2, 2, -1], [1, 1, 1, 2, 2, 2, 2, 2, -1, -1]]
+    assert same.tolist() == positions.tolist()
+    inner = torch.tensor([[2, 5, 0, 6, 3, 0]])  # a pad id inside the row is a token like any other
+    assert pair_segments(inner, bos_id=2, pad_id=0)[0].tolist() == [[1, 1, 1, 1, 1, -1]]

@@ -95,9 +95,9 @@ def test_nan_loss_stops_before_the_step_and_saves_nothing(
     calls = {"n": 0}
     real = tr._forward_loss
 
-    def poisoned(model: Any, x: torch.Tensor, y: torch.Tensor, dtype: Any, bos_id: int) -> torch.Tensor:
+    def poisoned(model: Any, x: torch.Tensor, y: torch.Tensor, *args: Any) -> torch.Tensor:
         calls["n"] += 1
-        loss = real(model, x, y, dtype, bos_id)
+        loss = real(model, x, y, *args)
         return loss * float("nan") if calls["n"] == 5 else loss
 
     monkeypatch.setattr(tr, "_forward_loss", poisoned)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from gptmed.core.config import ModelConfig
-from gptmed.model.attention import attention
+from gptmed.model.attention import SegmentRuns, attention, plan_segments, runs_attention, segment_runs
 from gptmed.model.loss import linear_cross_entropy
 from gptmed.model.ops import Dropout, apply_rope, is_tracing, rope
 
@@ -80,6 +80,13 @@ def rope_tables(max_seq_len: int, head_dim: int, base: float = 10000.0) -> tuple
     return freqs.cos().float(), freqs.sin().float()
 
 
+def _eager_cpu(t: torch.Tensor) -> bool:
+    """Packed rows may be split into runs: eager mode on the CPU. (Under torch.compile the run
+    lengths would be data-dependent shapes; on CUDA the split costs a host sync per forward and
+    per-run launches, a trade not yet measured on a GPU: both keep the one-mask path.)"""
+    return t.device.type == "cpu" and not is_tracing()
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -95,7 +102,7 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,  # (B, T, C)
         cos: torch.Tensor | None,  # (1 or B, T, 1, 1, hs/2) or None without RoPE
         sin: torch.Tensor | None,
-        mask: torch.Tensor | None,  # (B, 1, 1, S) bool or None
+        mask: torch.Tensor | SegmentRuns | None,  # bool, broadcastable to (B, 1, T, S); or packed runs
         past: tuple[torch.Tensor, torch.Tensor] | None,  # k, v: (B, nh, P, hs)
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, T, C = x.shape
@@ -106,6 +113,10 @@ class CausalSelfAttention(nn.Module):
             qk = rope(qk, cos.to(qk.dtype), sin.to(qk.dtype))  # q and k rotated in one pass
         q, k = qk.unbind(2)  # (B, T, nh, hs)
         v = v.squeeze(2)
+        if isinstance(mask, SegmentRuns):  # packed training rows, no past
+            n = (B * T, self.n_heads, self.head_dim)
+            y = runs_attention(q.reshape(n), k.reshape(n), v.reshape(n), mask)  # (B * T, nh, hs)
+            return self.resid_drop(self.proj(y.view(B, T, C))), (k.transpose(1, 2), v.transpose(1, 2))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         if past is not None:
             k = torch.cat((past[0], k), dim=2)  # (B, nh, S, hs)
@@ -143,7 +154,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor | None,
         sin: torch.Tensor | None,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | SegmentRuns | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         a, present = self.attn(self.ln1(x), cos, sin, mask, past)
@@ -294,7 +305,10 @@ class GPTTransformer(nn.Module):
         """Final-LayerNorm output (B, T, C) and the per-layer (k, v) presents (B, nh, S, hs).
 
         segment_ids: (B, T) or None. Tokens attend only to tokens of their own segment (packed
-        training rows: one segment per Q&A pair, so no pair sees the pair before it).
+        training rows: one segment per Q&A pair, so no pair sees the pair before it). Segments are
+        contiguous runs of one id; a negative id marks padding, whose outputs are unspecified (give
+        them target -100). Computed per run when that is cheaper than a (B, 1, T, T) mask;
+        with segment_ids the presents are not returned (an empty tuple: training has no cache).
         """
         B, T = input_ids.shape
         past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
@@ -313,18 +327,49 @@ class GPTTransformer(nn.Module):
             else:
                 x = x + self.pos_emb(position_ids)
         x = self.drop(x)
-        mask = None
+        keep = None
         if attention_mask is not None:
-            mask = (attention_mask != 0).view(B, 1, 1, -1)  # (B, 1, 1, S) key padding
-        if segment_ids is not None:
+            keep = (attention_mask != 0).view(B, 1, 1, -1)  # (B, 1, 1, S) key padding
+        runs = None
+        plan = "mask" if segment_ids is not None else "causal"
+        if segment_ids is not None and keep is None and past_key_values is None and _eager_cpu(segment_ids):
+            runs = segment_runs(segment_ids)
+            plan = plan_segments(runs, B, T, self.config.d_model)
+        if plan == "runs":
+            assert runs is not None
+            return self._packed_hidden_states(x, cos, sin, runs), ()
+        if plan == "mask" and segment_ids is not None:
             same = (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)  # (B, 1, T, T)
-            mask = same if mask is None else mask & same
+            keep = same if keep is None else keep & same
         presents = []
         for i, block in enumerate(self.blocks):
             past = None if past_key_values is None else past_key_values[i]
-            x, present = block(x, cos, sin, mask, past)
+            x, present = block(x, cos, sin, keep, past)
             presents.append(present)
-        return self.ln_f(x), tuple(presents)
+        return self.ln_f(x), (tuple(presents) if segment_ids is None else ())
+
+    def _packed_hidden_states(
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, runs: SegmentRuns
+    ) -> torch.Tensor:
+        """The blocks over packed rows as one (1, N, C) sequence of runs, padding tokens dropped
+        (they cost no projection, MLP or attention); the result is (B, T, C), zeros at padding."""
+        B, T, C = x.shape
+        index = runs.token_index(x.device) if runs.padding() else None
+
+        def flat(t: torch.Tensor) -> torch.Tensor:  # (B or 1, T, ...) -> (1, N, ...)
+            t = t.expand(B, *t.shape[1:]).reshape(B * T, *t.shape[2:])
+            return (t if index is None else t.index_select(0, index)).unsqueeze(0)
+
+        x = flat(x)
+        cos = None if cos is None else flat(cos)
+        sin = None if sin is None else flat(sin)
+        packed = runs if index is None else runs.attended()
+        for block in self.blocks:
+            x, _ = block(x, cos, sin, packed, None)
+        h: torch.Tensor = self.ln_f(x)[0]  # (N, C)
+        if index is not None:
+            h = torch.zeros(B * T, C, dtype=h.dtype, device=h.device).index_copy(0, index, h)
+        return h.view(B, T, C)
 
     def forward(
         self,
@@ -359,6 +404,8 @@ class GPTTransformer(nn.Module):
                     f"segment_ids must have input_ids' shape {tuple(input_ids.shape)} and no past, got "
                     f"{tuple(segment_ids.shape)} with {past_len} cached tokens"
                 )
+            if segment_ids is not None and use_cache:
+                raise ValueError("segment_ids is for training: it cannot be combined with use_cache")
         h, presents = self.hidden_states(
             input_ids,
             position_ids=position_ids,

@@ -3,8 +3,9 @@
 ``linear_cross_entropy(h, w, targets)`` == ``F.cross_entropy(h @ w.T, targets, ignore_index=-100)``
 (mean over non-ignored targets). Eagerly, it walks the rows in chunks and computes the gradients of
 ``h`` and ``w`` in the same pass (softmax - onehot is the logits' gradient), so the logits never exist
-whole and are never re-read: less memory traffic than logits -> log_softmax -> nll and back. Under
-torch.compile it uses the plain formula (the compiler fuses it itself).
+whole and are never re-read: less memory traffic than logits -> log_softmax -> nll and back. Rows
+whose target is ignored (padding; questions under answer-only loss) are dropped first, so they cost
+no logits at all. Under torch.compile it uses the plain formula (the compiler fuses it itself).
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         wc = w.to(dtype)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         valid = t != IGNORE_INDEX
-        n_valid = valid.sum().clamp(min=1)
+        n_ok = int(valid.sum())  # (one host sync)
+        n_valid = torch.tensor(max(n_ok, 1), device=h.device)
+        rows = None  # the rows with a target, when some have none: only those cost logits
+        if 0 < n_ok < N:
+            rows = valid.nonzero().squeeze(1)
+            h2, t, valid = h2.index_select(0, rows), t.index_select(0, rows), valid.index_select(0, rows)
+            N = h2.size(0)
         tgt_all = torch.where(valid, t, torch.zeros_like(t)).unsqueeze(1)  # (N, 1)
         grad_h = torch.empty_like(h2) if need_grad else None
         grad_w = None
@@ -65,6 +72,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = loss_sum / n_valid
         if need_grad:
             assert grad_h is not None and grad_w is not None
+            if rows is not None:  # rows without a target get no gradient
+                grad_h = torch.zeros(h.numel() // C, C, dtype=grad_h.dtype, device=h.device).index_copy_(
+                    0, rows, grad_h
+                )
             ctx.save_for_backward(grad_h.view(h.shape), grad_w, n_valid)
         ctx.h_dtype, ctx.w_dtype = h.dtype, w.dtype
         return loss

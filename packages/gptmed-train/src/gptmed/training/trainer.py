@@ -574,6 +574,9 @@ def _train(
             cb.on_checkpoint(run.best_checkpoint, "best")
 
     bos_id = dataset.manifest.special_ids.bos
+    # padding as its own segment lets the model skip attention there: on the eager CPU path, where
+    # the model splits packed rows into runs (compiled and CUDA models use one mask instead)
+    pad_id = dataset.manifest.special_ids.pad if device.type == "cpu" and not config.compile else None
 
     def evaluate() -> float | None:
         val = dataset.val
@@ -595,7 +598,7 @@ def _train(
                 n = int((y != IGNORE_INDEX).sum())
                 if n == 0:
                     continue
-                mean = _forward_loss(eval_model, x.to(device), y.to(device), autocast_dtype, bos_id)
+                mean = _forward_loss(eval_model, x.to(device), y.to(device), autocast_dtype, bos_id, pad_id)
                 total += torch.tensor([float(mean) * n, n], dtype=torch.float64)
         eval_model.train()
         all_reduce_sum(total, info)
@@ -689,7 +692,7 @@ def _train(
                     if info.enabled and j < A - 1:
                         sync = model.no_sync()  # type: ignore[operator]
                     with sync:
-                        mean = _forward_loss(model, x, y, autocast_dtype, bos_id)
+                        mean = _forward_loss(model, x, y, autocast_dtype, bos_id, pad_id)
                         weight = (n_local * W / n_targets) if n_targets else 0.0
                         scaler.scale(mean * weight).backward()  # type: ignore[no-untyped-call]
                     loss_sum += float(mean.detach()) * n_local
@@ -838,31 +841,43 @@ def _train(
     return result
 
 
-def pair_segments(x: torch.Tensor, bos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_segments(
+    x: torch.Tensor, bos_id: int, pad_id: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment ids and restarting position ids of packed rows (B, T): a segment starts at each BOS.
 
     With them every packed Q&A pair is trained exactly as it is asked at generation time: from
     position 0, attending to nothing before its own BOS. (A row that starts inside an over-long
-    pair's sliding window counts from the row start.)
+    pair's sliding window counts from the row start.) With ``pad_id``, the padding at the end of a
+    row gets segment -1: the model computes no attention there (its targets are ignored anyway).
     """
     is_bos = x == bos_id
     segments = torch.cumsum(is_bos.to(torch.int32), dim=1)  # (B, T)
     idx = torch.arange(x.size(1), device=x.device).expand_as(x)
     starts = torch.cummax(torch.where(is_bos, idx, torch.zeros_like(idx)), dim=1).values
+    if pad_id is not None:
+        trailing = (x == pad_id).flip(1).to(torch.int32).cumprod(dim=1).flip(1).bool()  # (B, T)
+        segments = segments.masked_fill(trailing, -1)
     return segments, idx - starts
 
 
 def _forward_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast_dtype: torch.dtype | None, bos_id: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast_dtype: torch.dtype | None,
+    bos_id: int,
+    pad_id: int | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy over the non-ignored targets of (x, y), through the model's chunked loss
     (``model(x, targets=y)``: no (B, T, V) logits kept). Under bf16/fp16 autocast its matmuls run
-    in that dtype and its softmax in fp32.
+    in that dtype and its softmax in fp32. Packed pairs and trailing padding go to the model as
+    segment ids (it attends per pair, or with one mask, whichever is cheaper).
     """
-    segments, positions = pair_segments(x, bos_id)
+    segments, positions = pair_segments(x, bos_id, pad_id)
     kw = {"position_ids": positions}
-    if bool((segments != segments[:, :1]).any()):  # some row packs several pairs: keep them apart
-        kw["segment_ids"] = segments  # (an explicit mask: costs more than plain causal attention)
+    if bool((segments != segments[:, :1]).any()):  # several pairs in a row, or padding
+        kw["segment_ids"] = segments
     autocast = (
         torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
