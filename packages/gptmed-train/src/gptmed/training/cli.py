@@ -18,7 +18,7 @@ from click.core import ParameterSource
 from gptmed.configs.train_config import LOSS_ON, PRECISIONS, TrainingConfig
 from gptmed.core import PRESETS, cli_errors
 from gptmed.training.errors import TrainingInterrupted
-from gptmed.training.trainer import RunInfo, TrainCallbacks, TrainResult, cpu_has_fast_bf16, train_model
+from gptmed.training.trainer import RunInfo, TrainCallbacks, TrainResult, train_model
 
 __all__ = ["ConsoleCallbacks", "cli", "run_with_console"]
 
@@ -79,8 +79,6 @@ class ConsoleCallbacks(TrainCallbacks):
             f"Device: {info.device} ({info.precision})"
             + (f", {info.world_size} processes" if info.world_size > 1 else "")
         )
-        if info.device == "cpu" and info.precision == "fp32" and cpu_has_fast_bf16():
-            self._out("  hint: this CPU has bf16 matrix units (AMX): --precision bf16 trains ~1.5x faster")
         self._out()
         self._out("Creating model...")
         self._out(f"  Total parameters: {info.num_parameters:,}")

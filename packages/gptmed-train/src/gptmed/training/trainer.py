@@ -160,17 +160,6 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU multiplies bf16 matrices in hardware (Intel AMX): there, bf16 autocast
-    trains the small model ~1.5x faster than fp32 (docs/benchmarks.md). ``auto`` stays fp32 on CPU;
-    the CLI suggests ``--precision bf16``."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: probe softly
-    try:
-        return bool(probe()) if probe is not None else False
-    except Exception:  # pragma: no cover - a torch without the probe's backend
-        return False
-
-
 def _resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
