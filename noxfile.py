@@ -86,8 +86,16 @@ def _install_local(
 
 
 def _has_extra(pkg: Package, extra: str) -> bool:
-    text = (pkg.path / "pyproject.toml").read_text(encoding="utf-8")
-    return f"\n{extra} = [" in text or f"\n{extra}=[" in text
+    """Whether the package's pyproject.toml declares ``[project.optional-dependencies] extra``."""
+    path = pkg.path / "pyproject.toml"
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10 has no TOML parser: a line-start text match
+        text = path.read_text(encoding="utf-8")
+        return f"\n{extra} = [" in text or f"\n{extra}=[" in text
+    with path.open("rb") as fh:
+        extras = tomllib.load(fh).get("project", {}).get("optional-dependencies", {})
+    return extra in extras
 
 
 @nox.session
