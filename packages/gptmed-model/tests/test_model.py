@@ -315,23 +315,47 @@ def test_segment_ids_make_a_packed_pair_equal_to_the_pair_alone() -> None:
         model(row, segment_ids=segments[:, :5])
 
 
-def test_packed_rows_give_the_same_loss_and_grads_per_run_as_with_the_mask(
-    monkeypatch: pytest.MonkeyPatch,
+def _segmented(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, segments, positions restarting per run, targets ignoring padding) for segment ids."""
+    torch.manual_seed(1)
+    segments = torch.tensor(ids)
+    x = torch.randint(4, 64, segments.shape)
+    positions = torch.zeros_like(segments)
+    for r in range(segments.size(0)):
+        for t in range(1, segments.size(1)):
+            positions[r, t] = 0 if segments[r, t] != segments[r, t - 1] else positions[r, t - 1] + 1
+    targets = x.roll(-1, dims=1)
+    targets[segments < 0] = -100  # padding is never a target
+    return x, segments, positions, targets
+
+
+PACKED_CASES = {
+    # two pairs in one row, one pair + padding in the other: runs vs mask
+    "pairs-and-padding": ([[1] * 25 + [2] * 15, [3] * 30 + [-1] * 10], ("runs", "mask")),
+    # one pair per row from the first token: all three plans are exact
+    "one-pair-per-row": ([[1] * 40, [3] * 30 + [-1] * 10], ("runs", "causal", "mask")),
+    # no padding at all (the per-run path keeps every token)
+    "no-padding": ([[1] * 25 + [2] * 15, [3] * 10 + [4] * 30], ("runs", "mask")),
+    # an id that comes back later is a new run on every path
+    "id-repeats": ([[1] * 12 + [2] * 16 + [1] * 12, [5] * 40], ("runs", "mask")),
+}
+
+
+@pytest.mark.parametrize("case", list(PACKED_CASES))
+def test_packed_rows_give_the_same_loss_and_grads_on_every_plan(
+    case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The model splits packed rows into runs when that is cheaper (long pairs, trailing padding)
-    # and otherwise builds one mask; both must train the same function.
+    # The model picks per forward how to attend within segments (per run with padding dropped,
+    # causal over whole rows, or one mask); at dropout 0 every plan trains the same function.
     import gptmed.model.architecture as arch
     from gptmed.model.attention import SegmentRuns, plan_segments
 
+    ids, plans = PACKED_CASES[case]
     cfg = get_tiny_config(vocab_size=64, max_seq_len=64).replace(dropout=0.0)
     torch.manual_seed(0)
     model = GPTTransformer(cfg)
-    x = torch.randint(4, 64, (2, 40))
-    segments = torch.tensor([[1] * 25 + [2] * 15, [3] * 30 + [-1] * 10])
-    positions = torch.cat((torch.arange(25), torch.arange(15))).expand(2, 40).clone()
-    positions[1] = torch.arange(40)
-    targets = x.roll(-1, dims=1)
-    targets[1, 30:] = -100  # padding is never a target
+    x, segments, positions, targets = _segmented(ids)
+    attended = segments >= 0
 
     def run(plan: str) -> tuple[float, list[torch.Tensor], torch.Tensor]:
         seen: list[str] = []
@@ -344,19 +368,32 @@ def test_packed_rows_give_the_same_loss_and_grads_per_run_as_with_the_mask(
         model.zero_grad()
         loss = model(x, targets=targets, segment_ids=segments, position_ids=positions)
         loss.backward()
-        assert seen == ["mask"]  # (its own choice at this size: 40 tokens are cheaper as one mask)
+        assert len(seen) == 1  # the plan was asked for (the model's own choice is in `seen`)
         with torch.no_grad():
             h, presents = model.hidden_states(x, segment_ids=segments, position_ids=positions)
         assert presents == ()
         return float(loss.detach()), [p.grad.clone() for p in model.parameters()], h
 
-    loss_runs, g_runs, h_runs = run("runs")  # padding dropped from the whole stack
-    loss_mask, g_mask, h_mask = run("mask")
-    assert loss_runs == pytest.approx(loss_mask, rel=1e-6)
-    for a, b in zip(g_runs, g_mask, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(h_runs[0], h_mask[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(h_runs[1, :30], h_mask[1, :30], atol=1e-5, rtol=1e-4)
-    assert (h_runs[1, 30:] == 0).all()  # padding rows: zeros (unspecified by contract)
+    results = {plan: run(plan) for plan in plans}
+    loss_ref, g_ref, h_ref = results["mask"]
+    for plan in plans:
+        loss, grads, h = results[plan]
+        assert loss == pytest.approx(loss_ref, rel=1e-6), plan
+        for a, b in zip(grads, g_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(h[attended], h_ref[attended], atol=1e-5, rtol=1e-4)
+    assert (results["runs"][2][~attended] == 0).all()  # padding outputs: zeros on the per-run path
     with pytest.raises(ValueError, match="cannot be combined with use_cache"):
         model(x, segment_ids=segments, use_cache=True)
+
+
+def test_rows_of_padding_only_do_not_break_the_packed_path() -> None:
+    cfg = get_tiny_config(vocab_size=64, max_seq_len=64).replace(dropout=0.0)
+    model = GPTTransformer(cfg)
+    x = torch.randint(4, 64, (2, 8))
+    segments = torch.full((2, 8), -1)
+    targets = torch.full((2, 8), -100)
+    loss = model(x, targets=targets, segment_ids=segments)  # nothing to attend or to learn
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())

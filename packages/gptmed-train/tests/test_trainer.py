@@ -55,10 +55,21 @@ def test_run_writes_epoch_checkpoints_best_and_metrics(dataset: Path, tmp_path: 
     model.load_state_dict(torch.load(ckpt / "best_model.pt", weights_only=True)["model_state_dict"])
 
 
-def test_first_step_loss_is_the_answer_only_loss(dataset: Path, tmp_path: Path) -> None:
-    """Step 1's logged loss equals a hand-computed answer-masked cross-entropy of the same rows."""
+@pytest.mark.parametrize("plan", [None, "runs"])
+def test_first_step_loss_is_the_answer_only_loss(
+    dataset: Path, tmp_path: Path, plan: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 1's logged loss equals a hand-computed answer-masked cross-entropy of the same rows
+    (computed with one mask), also when the trainer's forward takes the per-run path (padding
+    dropped: the tiny model would pick the mask by itself)."""
+    import gptmed.model.architecture as arch
+
+    asked: list[int] = []
+    if plan is not None:
+        monkeypatch.setattr(arch, "plan_segments", lambda *_a: asked.append(1) or plan)
     cfg = tiny_config(dataset, tmp_path / "ck", max_steps=1, dropout=0.0)
     result = train_model(cfg)
+    assert bool(asked) == (plan is not None)  # the forced plan was really consulted
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.train_data_path, cfg.val_data_path, loss_on="answer")
     model = GPTTransformer(tr.build_model_config(cfg, ds))
@@ -67,6 +78,7 @@ def test_first_step_loss_is_the_answer_only_loss(dataset: Path, tmp_path: Path) 
     mask = torch.from_numpy(np.load(dataset.with_name("train.mask.npy"))[np.sort(rows)])
     x = tokens[:, :-1]
     segments, positions = tr.pair_segments(x, ds.manifest.special_ids.bos)  # packed pairs stay apart
+    monkeypatch.undo()  # the reference: the mask path
     with torch.no_grad():
         logits = model(x, segment_ids=segments, position_ids=positions)
     ce = torch.nn.functional.cross_entropy(
@@ -76,6 +88,8 @@ def test_first_step_loss_is_the_answer_only_loss(dataset: Path, tmp_path: Path) 
     expect = float((ce * m).sum() / m.sum())
     assert result.step_losses[0] == pytest.approx(expect, rel=1e-5)
     all_loss = float(ce[tokens[:, 1:].reshape(-1) != 0].mean())
+    if plan is not None:
+        monkeypatch.setattr(arch, "plan_segments", lambda *_a: plan)
     other = train_model(cfg.replace(loss_on="all", checkpoint_dir=str(tmp_path / "ck2")))
     assert other.step_losses[0] == pytest.approx(all_loss, rel=1e-5)
 
@@ -269,3 +283,27 @@ def test_tensorboard_extra(dataset: Path, tmp_path: Path) -> None:
         return
     train_model(cfg)
     assert list((tmp_path / "ck" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_padding_with_a_real_target_is_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padding is skipped only where its targets are ignored; a loss mask that covers padding
+    (a data bug, but a possible one) gets the same loss as without the padding marks."""
+    import gptmed.model.architecture as arch
+    from gptmed.core import get_tiny_config
+
+    monkeypatch.setattr(arch, "plan_segments", lambda *_a: "runs")  # drop padding whenever marked
+    model = GPTTransformer(get_tiny_config(vocab_size=64, max_seq_len=64).replace(dropout=0.0)).eval()
+    torch.manual_seed(0)
+    x = torch.randint(4, 64, (2, 48))
+    x[:, 0] = 2  # BOS
+    x[0, 30:] = 0  # trailing padding
+    y = x.roll(-1, dims=1)
+    y[x == 0] = -100
+    with torch.no_grad():
+        plain = tr._forward_loss(model, x, y, None, bos_id=2)
+        skipped = tr._forward_loss(model, x, y, None, bos_id=2, pad_id=0)
+        y[0, 40] = 7  # a target at a padding position
+        covered_plain = tr._forward_loss(model, x, y, None, bos_id=2)
+        covered = tr._forward_loss(model, x, y, None, bos_id=2, pad_id=0)
+    assert float(skipped) == pytest.approx(float(plain), rel=1e-5)
+    assert float(covered) == pytest.approx(float(covered_plain), rel=1e-6)

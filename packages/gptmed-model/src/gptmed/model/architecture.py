@@ -332,14 +332,17 @@ class GPTTransformer(nn.Module):
             keep = (attention_mask != 0).view(B, 1, 1, -1)  # (B, 1, 1, S) key padding
         runs = None
         plan = "mask" if segment_ids is not None else "causal"
-        if segment_ids is not None and keep is None and past_key_values is None and _eager_cpu(segment_ids):
+        if segment_ids is not None and keep is None and past_key_values is None and _eager_cpu(x):
             runs = segment_runs(segment_ids)
             plan = plan_segments(runs, B, T, self.config.d_model)
         if plan == "runs":
             assert runs is not None
             return self._packed_hidden_states(x, cos, sin, runs), ()
         if plan == "mask" and segment_ids is not None:
-            same = (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)  # (B, 1, T, T)
+            # runs of one id, numbered per row: a segment is contiguous, as on the per-run path
+            changes = (segment_ids[:, 1:] != segment_ids[:, :-1]).to(torch.int32)
+            run_ids = F.pad(torch.cumsum(changes, dim=1), (1, 0))  # (B, T)
+            same = (run_ids[:, :, None] == run_ids[:, None, :]).unsqueeze(1)  # (B, 1, T, T)
             keep = same if keep is None else keep & same
         presents = []
         for i, block in enumerate(self.blocks):

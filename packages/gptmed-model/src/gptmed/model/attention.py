@@ -32,7 +32,7 @@ Packed training rows (``segment_ids``: several Q&A pairs per row, each attending
 go through :func:`runs_attention` when that is cheaper than a ``(B, 1, T, T)`` mask: each run of
 equal segment id is its own short causal sequence, so the work is ``sum(L_i^2)`` instead of
 ``B * T^2`` (CPU flash attention cannot skip masked blocks at T <= 512), and padding runs cost
-nothing. :func:`segment_runs` finds the runs; :func:`prefer_runs` decides.
+nothing. :func:`segment_runs` finds the runs; :func:`plan_segments` decides.
 
 The automatic choice (:func:`select_backend`) is made on first use and logged once with its reason.
 ``GPTMED_ATTENTION=fused|sdpa|math`` forces it; :func:`use_backend` / :func:`set_backend` override it
@@ -322,6 +322,8 @@ def plan_segments(
     ``width`` = nh * hs: per run (padding dropped), plain causal attention over whole rows (when
     :attr:`SegmentRuns.causal_exact`), or one (B, 1, T, T) mask."""
     other: Literal["causal", "mask"] = "causal" if runs.causal_exact else "mask"
+    if runs.padding() >= batch * seq_len:  # nothing to attend: no packed sequence to build
+        return other
     whole = batch * seq_len * seq_len * (1.0 if other == "causal" else MASK_OVERHEAD)
     return "runs" if runs.work(width) < whole + runs.padding() * PAD_TOKEN_COST * width else other
 

@@ -3,9 +3,9 @@
 ``linear_cross_entropy(h, w, targets)`` == ``F.cross_entropy(h @ w.T, targets, ignore_index=-100)``
 (mean over non-ignored targets). Eagerly, it walks the rows in chunks and computes the gradients of
 ``h`` and ``w`` in the same pass (softmax - onehot is the logits' gradient), so the logits never exist
-whole and are never re-read: less memory traffic than logits -> log_softmax -> nll and back. Rows
-whose target is ignored (padding; questions under answer-only loss) are dropped first, so they cost
-no logits at all. Under torch.compile it uses the plain formula (the compiler fuses it itself).
+whole and are never re-read: less memory traffic than logits -> log_softmax -> nll and back. On
+the CPU, rows whose target is ignored (padding; questions under answer-only loss) are dropped first,
+so they cost no logits at all. Under torch.compile it uses the plain formula (the compiler fuses it itself).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         wc = w.to(dtype)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         valid = t != IGNORE_INDEX
-        n_ok = int(valid.sum())  # (one host sync)
-        n_valid = torch.tensor(max(n_ok, 1), device=h.device)
+        n_valid = valid.sum().clamp(min=1)
         rows = None  # the rows with a target, when some have none: only those cost logits
+        # (on the CPU: it takes a host sync, free there; on a GPU it would stall the stream)
+        n_ok = int(valid.sum()) if h.device.type == "cpu" else N
         if 0 < n_ok < N:
             rows = valid.nonzero().squeeze(1)
             h2, t, valid = h2.index_select(0, rows), t.index_select(0, rows), valid.index_select(0, rows)

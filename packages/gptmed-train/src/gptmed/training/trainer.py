@@ -864,6 +864,10 @@ def _forward_loss(
     segment ids (it attends per pair, or with one mask, whichever is cheaper).
     """
     segments, positions = pair_segments(x, bos_id, pad_id)
+    if pad_id is not None and not bool((y[segments < 0] == IGNORE_INDEX).all()):
+        # a padding position with a real target (a loss mask that covers padding): keep it a
+        # token like the others, so the loss is the one the mask path computes
+        segments, positions = pair_segments(x, bos_id)
     kw = {"position_ids": positions}
     if bool((segments != segments[:, :1]).any()):  # several pairs in a row, or padding
         kw["segment_ids"] = segments
