@@ -34,10 +34,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         wc = w.to(dtype)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         valid = t != IGNORE_INDEX
-        n_valid = valid.sum().clamp(min=1)
+        count = valid.sum()
+        n_valid = count.clamp(min=1)
         rows = None  # the rows with a target, when some have none: only those cost logits
         # (on the CPU: it takes a host sync, free there; on a GPU it would stall the stream)
-        n_ok = int(valid.sum()) if h.device.type == "cpu" else N
+        n_ok = int(count) if h.device.type == "cpu" else N
         if 0 < n_ok < N:
             rows = valid.nonzero().squeeze(1)
             h2, t, valid = h2.index_select(0, rows), t.index_select(0, rows), valid.index_select(0, rows)

@@ -55,13 +55,18 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 _DROPOUT_BITS = 15  # random bits per element
 
 
+def _keep_threshold(p: float) -> int:
+    """Lane values below this are kept: ``round((1 - p) * 2**15)``."""
+    return round((1.0 - p) * (1 << _DROPOUT_BITS))
+
+
 class _CpuDropout(torch.autograd.Function):
     """Keep each element with probability ``keep / 2**15`` (``keep = round((1 - p) * 2**15)``) and
     scale kept ones by ``2**15 / keep``: unbiased, and within 2**-16 of the asked ``p``."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep = round((1.0 - p) * (1 << _DROPOUT_BITS))
+        keep = _keep_threshold(p)
         n = x.numel()
         # int64 random_() is uniform over [0, 2**63): four 16-bit lanes per draw, each uniform over
         # [0, 2**15) once the top bit is cleared (a quarter of the generator calls of int16)
@@ -86,7 +91,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or is_tracing() or round((1.0 - self.p) * (1 << _DROPOUT_BITS)) < 1:
+        if x.device.type != "cpu" or is_tracing() or _keep_threshold(self.p) < 1:
             return F.dropout(x, self.p, True, self.inplace)
         out: torch.Tensor = _CpuDropout.apply(x, self.p)  # type: ignore[no-untyped-call]
         return out
