@@ -143,11 +143,12 @@ class OnnxBackend:
         self._present_names = outputs[1:]
 
     # ------------------------------------------------------------------------------ the cache
-    def _new_state(self, batch: int, capacity: int) -> _OrtState:
+    def _new_state(self, lengths: np.ndarray, capacity: int) -> _OrtState:
+        """A fresh cache for rows that will hold ``lengths`` keys after the first run."""
         cfg = self.config
-        shape = (batch, cfg.n_heads, capacity, kv_head_dim(cfg))  # (B, nh, capacity, hs rounded up to 16)
+        shape = (len(lengths), cfg.n_heads, capacity, kv_head_dim(cfg))  # (B, nh, capacity, hs padded to 16)
         buffers = [np.zeros(shape, dtype=np.float32) for _ in self._past_names]
-        state = _OrtState(self.session.io_binding(), buffers, np.zeros(batch, dtype=np.int64))
+        state = _OrtState(self.session.io_binding(), buffers, lengths)
         self._bind_cache(state)
         return state
 
@@ -191,21 +192,28 @@ class OnnxBackend:
         self.session.run_with_iobinding(binding)
         return state.logits
 
+    def _first_run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int
+    ) -> tuple[np.ndarray, _OrtState, np.ndarray]:
+        """A whole (left-padded or any) batch on an empty cache: (logits (B, T, V) with row b's
+        tokens at 0..len-1, the state, the gather order that right-aligned the rows)."""
+        ids, lengths, order = _right_aligned(input_ids, attention_mask)
+        batch, width = ids.shape
+        state = self._new_state(lengths, capacity)
+        pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype=np.int64), (batch, width)))
+        return self._run(state, ids, pos, width), state, order
+
     # ------------------------------------------------------------------------------ the protocol
     def prefill(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int | None = None
     ) -> tuple[np.ndarray, _OrtState]:
         """``capacity``: keys per row the cache should hold without growing (prompt + new tokens);
         default the model's context."""
-        ids, lengths, _ = _right_aligned(input_ids, attention_mask)
-        batch, width = ids.shape
-        capacity = min(max(capacity or self.config.max_seq_len, width), self.config.max_seq_len)
-        state = self._new_state(batch, capacity)
-        state.lengths = lengths
-        pos = np.broadcast_to(np.arange(width, dtype=np.int64), (batch, width))
-        logits = self._run(state, ids, np.ascontiguousarray(pos), width)  # (B, T, V)
-        last = np.maximum(lengths - 1, 0)
-        return logits[np.arange(batch), last, :], state  # indexing copies out of the buffer
+        width, context = input_ids.shape[1], self.config.max_seq_len
+        capacity = min(max(capacity or context, width), context)
+        logits, state, _ = self._first_run(input_ids, attention_mask, capacity)
+        last = np.maximum(state.lengths - 1, 0)
+        return logits[np.arange(len(last)), last, :], state  # indexing copies out of the buffer
 
     def decode(self, state: _OrtState, tokens: np.ndarray) -> np.ndarray:
         batch = tokens.shape[0]
@@ -223,12 +231,9 @@ class OnnxBackend:
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits at every position, in the caller's (e.g. left-padded) layout; padding positions get 0."""
-        ids, lengths, order = _right_aligned(input_ids, attention_mask)
-        batch, width = ids.shape
-        state = self._new_state(batch, width)
-        state.lengths = lengths
-        pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype=np.int64), (batch, width)))
-        aligned = self._run(state, ids, pos, width)  # (B, T, V), row b's tokens at 0..len-1
+        batch, width = input_ids.shape
+        aligned, state, order = self._first_run(input_ids, attention_mask, width)
+        lengths = state.lengths
         if int(lengths.min()) == width:  # no padding: the layouts agree (the buffer is ours alone)
             return aligned
         out = np.zeros_like(aligned)
