@@ -9,6 +9,7 @@ decode path (1 query vs a long KV cache) against SDPA.
     python bench/attention.py                 # CUDA: full table (~1-2 minutes on an H100)
     python bench/attention.py --json out.json
     python bench/attention.py --quick         # fewer shapes
+    python bench/attention.py --sweep         # CUDA: time candidate tile shapes of each kernel
 
 Without CUDA it runs a tiny smoke version under the Triton interpreter (TRITON_INTERPRET=1) so the
 script itself is exercised in CI; those timings mean nothing.
@@ -123,11 +124,75 @@ def run_decode(B: int, H: int, S: int, D: int, dtype: torch.dtype, device: str, 
     }
 
 
+# tile candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) for --sweep
+SWEEP_FWD = [
+    (128, 64, 4, 3),
+    (128, 64, 8, 2),
+    (128, 64, 8, 3),
+    (128, 128, 8, 2),
+    (64, 64, 4, 3),
+    (128, 32, 4, 3),
+]
+SWEEP_DKDV = [
+    (64, 64, 4, 2),
+    (32, 64, 4, 3),
+    (32, 128, 4, 3),
+    (32, 128, 8, 3),
+    (64, 64, 8, 2),
+    (32, 64, 4, 2),
+]
+SWEEP_DQ = [(64, 64, 4, 2), (128, 32, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (64, 64, 8, 2), (128, 64, 4, 2)]
+
+
+def sweep_tiles(B: int, H: int, T: int, D: int) -> dict:
+    """Median ms of the forward, and of the backward with one kernel's tiles varied (the other kept at
+    the shipped choice), per candidate. Patches the tile tables; restores them afterwards."""
+    torch.manual_seed(0)
+    q, k, v, do = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    o, lse = ta._fwd_impl(q, k, v, None, True)
+    shipped_fwd, shipped_bwd = ta._blocks, ta._bwd_blocks
+    kv0, q0 = shipped_bwd(D, q.device, q.dtype)
+
+    def cfg(t: tuple[int, int, int, int]) -> dict[str, int]:
+        return {"BLOCK_M": t[0], "BLOCK_N": t[1], "num_warps": t[2], "num_stages": t[3]}
+
+    out: dict = {"shape": [B, H, T, D], "fwd": {}, "bwd_dkdv": {}, "bwd_dq": {}}
+    try:
+        for t in SWEEP_FWD:
+            ta._blocks = lambda *a, t=t: cfg(t)  # type: ignore[assignment]
+            out["fwd"][str(t)] = bench(lambda: ta._fwd_impl(q, k, v, None, True), 5) * 1e3
+        ta._blocks = shipped_fwd
+        for key, cands in (("bwd_dkdv", SWEEP_DKDV), ("bwd_dq", SWEEP_DQ)):
+            for t in cands:
+                pair = (cfg(t), q0) if key == "bwd_dkdv" else (kv0, cfg(t))
+                ta._bwd_blocks = lambda *a, pair=pair: pair  # type: ignore[assignment]
+                out[key][str(t)] = bench(lambda: ta._bwd_impl(do, q, k, v, o, lse, None, True), 5) * 1e3
+    finally:
+        ta._blocks, ta._bwd_blocks = shipped_fwd, shipped_bwd
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--sweep", action="store_true", help="CUDA only: time candidate tiles per kernel")
     args = ap.parse_args()
+    if args.sweep:
+        if not CUDA:
+            ap.error("--sweep needs a CUDA device (tile timings under the interpreter mean nothing)")
+        sweeps = [
+            sweep_tiles(*shape) for shape in ((16, 32, 1024, 64), (16, 16, 1024, 128), (32, 8, 512, 64))
+        ]
+        for sw in sweeps:
+            print(sw["shape"], flush=True)
+            for key in ("fwd", "bwd_dkdv", "bwd_dq"):
+                best = sorted(sw[key].items(), key=lambda kv: kv[1])
+                print(f"  {key:9s} " + "  ".join(f"{t} {ms:.3f} ms" for t, ms in best))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"machine": torch.cuda.get_device_name(), "sweeps": sweeps}, f, indent=2)
+        return None
 
     if CUDA:
         device, dtype, reps = "cuda", torch.bfloat16, 20

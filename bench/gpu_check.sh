@@ -38,7 +38,9 @@ except Exception as e:
 PY
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   # time limits sum to < 300 s; the sdpa comparison runs only if time is left
-  step gpu_tests 90 "$PY" -m pytest packages/gptmed-model/tests -m gpu -q -p no:cacheprovider
+  # the tests compile ~40 kernel variants: in parallel where pytest-xdist is installed (90 s -> ~30 s)
+  xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
+  step gpu_tests 120 "$PY" -m pytest packages/gptmed-model/tests -m gpu -q -p no:cacheprovider "${xdist[@]}"
   step attention_bench 80 "$PY" bench/attention.py --json "$RES/attention.json"
   step train_medium_fused 80 "$PY" bench/train_step.py --device cuda --bf16 --compile --no-hf \
        --model-size medium --batch-size 32 --seq-len 512 --steps 10 --dropout 0.0 --attention fused --json

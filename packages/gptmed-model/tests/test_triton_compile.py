@@ -39,16 +39,20 @@ SCRIPT = textwrap.dedent(
     dt, dev = "bf16", torch.device("cuda")
     for arch, D in ((90, 64), (90, 128)):
         if True:
-            f, b = ta._blocks(D, dev, torch.bfloat16), ta._bwd_blocks(D, dev, torch.bfloat16)
+            f = ta._blocks(D, dev, torch.bfloat16)
+            b_kv, b_q = ta._bwd_blocks(D, dev, torch.bfloat16)
             base = dict(HEAD_DIM=D, CAUSAL=True, HAS_KM=True, PREC="tf32", ACC=tl.float32)
             io = {n: "*" + dt for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
             io.update(KM="*i8", LSE="*fp32", DELTA="*fp32", ACC_OUT="*fp32", M_OUT="*fp32", L_OUT="*fp32")
-            fb = dict(BLOCK_M=f["BLOCK_M"], BLOCK_N=f["BLOCK_N"])
-            bb = dict(BLOCK_M=b["BLOCK_M"], BLOCK_N=b["BLOCK_N"])
-            for fn, cx, cfg in ((ta._fwd_kernel, fb, f), (ta._bwd_dkdv_kernel, bb, b),
-                                (ta._bwd_dq_kernel, bb, b),
-                                (ta._decode_kernel, dict(BLOCK_M=16, BLOCK_N=64), {"num_warps": 4, "num_stages": 2})):
-                shared = compile_one(fn, io, dict(base, **cx), cfg, arch)
+            tiles = lambda c: dict(BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"])
+            delta = dict(BLOCK_M=64, HEAD_DIM=D, ACC=tl.float32)
+            for fn, cx, cfg in ((ta._fwd_kernel, dict(base, **tiles(f)), f),
+                                (ta._bwd_dkdv_kernel, dict(base, **tiles(b_kv)), b_kv),
+                                (ta._bwd_dq_kernel, dict(base, **tiles(b_q)), b_q),
+                                (ta._bwd_delta_kernel, delta, {"num_warps": 4, "num_stages": 2}),
+                                (ta._decode_kernel, dict(base, BLOCK_M=16, BLOCK_N=64),
+                                 {"num_warps": 4, "num_stages": 2})):
+                shared = compile_one(fn, io, cx, cfg, arch)
                 print(arch, D, fn.fn.__name__, shared)
     print("OK")
     """

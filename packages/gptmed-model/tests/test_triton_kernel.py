@@ -95,6 +95,31 @@ def test_forward_and_gradients_match_math(B, H, T, S, D, causal, device, dtype) 
     _check(dv, rdv, dtype, "dv")
 
 
+@pytest.mark.skipif(not ta.interpreting(), reason="tile shapes are forced in the interpreter only")
+@pytest.mark.parametrize("tiles", ["kv-wide", "q-wide"])
+@pytest.mark.parametrize("causal,T,S", [(True, 45, 45), (True, 21, 53), (False, 29, 29)])
+def test_unequal_tiles_and_strided_inputs(tiles, causal, T, S, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every tile shape the GPU tables may pick (BLOCK_M != BLOCK_N, dK/dV and dQ tiles differing)
+    keeps the masked / unmasked block split exact; q, k, v are strided views of one packed tensor,
+    as the model passes them."""
+    narrow = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
+    wide = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+    fwd, bwd = (wide, (narrow, wide)) if tiles == "kv-wide" else (narrow, (wide, narrow))
+    monkeypatch.setattr(ta, "_blocks", lambda *a: fwd)
+    monkeypatch.setattr(ta, "_bwd_blocks", lambda *a: bwd)
+    torch.manual_seed(7)
+    B, H, D = 2, 2, 32
+    packed = torch.randn(B, S, 3, H, D, dtype=torch.float64, requires_grad=True)
+    q = packed[:, S - T :, 0].transpose(1, 2)  # (B, H, T, D), row stride 3 * H * D
+    k, v = packed[:, :, 1].transpose(1, 2), packed[:, :, 2].transpose(1, 2)
+    out = ta.flash_attention(q, k, v, causal=causal)
+    do = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
+    ref, (rdq, rdk, rdv) = _reference(q, k, v, causal, None, do)
+    for name, got, want in (("out", out, ref), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
+        _check(got, want, torch.float64, name)
+
+
 @pytest.mark.parametrize("device,dtype", KERNEL_DEVICES)
 def test_key_padding_mask_forward_and_gradients(device, dtype) -> None:  # type: ignore[no-untyped-def]
     B, H, T, S, D = 3, 2, 13, 13, 32
@@ -154,3 +179,31 @@ def test_model_under_fused_backend_matches_math(device, dtype) -> None:  # type:
     _check(grads["fused"][0].reshape(1), grads["math"][0].reshape(1), dtype, "loss", low=3e-2)
     # two bf16/fp16 models that differ only in the attention kernel: looser bound (3e-2)
     _check(grads["fused"][1], grads["math"][1], dtype, "qkv grad", low=3e-2)
+
+
+@pytest.mark.skipif(not ta.interpreting(), reason="the interpreter runs the ops on the CPU")
+def test_compiled_path_uses_the_ops_and_matches_eager() -> None:
+    """Eager calls launch the kernels through a plain autograd.Function; under torch.compile the same
+    kernels run as opaque torch.library ops. Both must give the same output and gradients."""
+    q, k, v = _inputs(1, 2, 23, 23, 32, "cpu", torch.float64)
+    do = torch.randn_like(q)
+    out = ta.flash_attention(q, k, v, causal=True)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+
+    compiled = torch.compile(
+        lambda a, b, c: ta.flash_attention(a, b, c, causal=True), backend="aot_eager", fullgraph=True
+    )
+    out_c = compiled(q, k, v)
+    grads_c = torch.autograd.grad(out_c, (q, k, v), do)
+    _check(out_c, out, torch.float64, "compiled out")
+    for name, got, want in zip(("dq", "dk", "dv"), grads_c, grads, strict=True):
+        _check(got, want, torch.float64, f"compiled {name}")
+    with torch.no_grad():  # the decode op under the compiler too
+        qd = q.detach()[:, :, -1:]
+        dec = torch.compile(lambda a, b, c: ta.decode_attention(a, b, c), backend="aot_eager", fullgraph=True)
+        _check(
+            dec(qd, k.detach(), v.detach()),
+            ta.decode_attention(qd, k.detach(), v.detach()),
+            torch.float64,
+            "decode",
+        )
