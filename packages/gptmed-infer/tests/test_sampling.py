@@ -43,7 +43,10 @@ def _logits(batch: int = 3, vocab: int = 50, seed: int = 0) -> np.ndarray:
 def test_temperature_zero_is_argmax() -> None:
     x = _logits()
     s = Sampler(GenerationConfig(temperature=0.0), 3, 50)
-    assert np.array_equal(s.next_tokens(x), x.argmax(-1))
+    before = x.copy()
+    tokens = s.next_tokens(x)
+    assert np.array_equal(tokens, x.argmax(-1)) and tokens.dtype == np.int64
+    assert np.array_equal(x, before)  # greedy reads the logits in place and never writes them
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy() -> None:

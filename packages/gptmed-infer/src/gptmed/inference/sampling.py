@@ -62,6 +62,8 @@ class Sampler:
         if logits.ndim != 2 or logits.shape[1] != self.vocab:
             raise ValueError(f"logits must be (B, {self.vocab}), got {logits.shape}")
         cfg = self.config
+        if cfg.temperature == 0 and self._seen is None:  # plain greedy reads the logits only
+            return np.asarray(np.argmax(logits, axis=-1), dtype=np.int64)
         scores = logits.astype(np.float32, copy=True)  # (B, V)
         if self._seen is not None:
             penalised = np.where(scores > 0, scores / self._penalty, scores * self._penalty)
