@@ -18,7 +18,11 @@ Design (FlashAttention-2, Dao 2023):
 * **Backward** (no atomics): ``_bwd_dkdv_kernel`` owns a key block and loops over query blocks (from the
   first one that can see it) accumulating dK and dV; ``_bwd_dq_kernel`` owns a query block and loops over
   key blocks accumulating dQ. Both recompute ``P = exp2(q k^T * qk_scale - lse)`` from the saved lse;
-  ``delta = rowsum(dO * O)`` is computed once beforehand.
+  ``delta = rowsum(dO * O)`` is computed once beforehand (``_bwd_delta_kernel``). Like the forward,
+  both run the blocks wholly below the causal diagonal without per-element masks: a query past ``T``
+  was loaded as zeros (q = dO = lse = delta = 0) and adds nothing to dK/dV, and a key past ``S`` only
+  touches its own, never stored, dK/dV row. The dQ kernel keeps its key tail masked: there
+  ``p = exp2(0 - lse)`` of a zero key could overflow and turn ``p * 0`` into NaN.
 * **Decode** ``_decode_kernel`` (flash-decoding): for a few queries (``T <= 16``) against a long cache,
   one program per query block has too little parallelism, so the keys are split into chunks, one program
   per (batch*head, chunk) writes partial ``(acc, m, l)``, and a tiny reduction combines them.
