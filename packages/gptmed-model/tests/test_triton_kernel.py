@@ -207,3 +207,13 @@ def test_compiled_path_uses_the_ops_and_matches_eager() -> None:
             torch.float64,
             "decode",
         )
+
+
+@pytest.mark.skipif(not ta.interpreting(), reason="the interpreter runs the kernels on the CPU")
+def test_double_backward_is_refused_not_silently_wrong() -> None:
+    """create_graph=True would need the backward's own gradient, which the kernels do not have:
+    an error, never second-order terms quietly dropped (a gradient penalty would train wrongly)."""
+    q, k, v = _inputs(1, 1, 9, 9, 16, "cpu", torch.float64)
+    out = ta.flash_attention(q, k, v, causal=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.square().sum(), (q, k, v), create_graph=True)

@@ -1046,8 +1046,12 @@ class _FlashAttention(torch.autograd.Function):
         return o
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
+        if torch.is_grad_enabled():  # create_graph=True: second-order terms would be silently lost
+            raise RuntimeError(
+                "the fused attention kernel has no double backward (create_graph=True); "
+                "use GPTMED_ATTENTION=sdpa (or math) for higher-order gradients"
+            )
         q, k, v, o, lse, key_mask = ctx.saved_tensors
         dq, dk, dv = _bwd_impl(do, q, k, v, o, lse, key_mask, ctx.causal)
         return dq, dk, dv, None, None
