@@ -478,6 +478,7 @@ def _bwd_dq_inner(
     n_hi,
     S,
     shift,
+    qk_scale,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr,
@@ -485,7 +486,6 @@ def _bwd_dq_inner(
     HAS_KM: tl.constexpr,
     PREC: tl.constexpr,
     ACC: tl.constexpr,
-    qk_scale,
 ):
     offs_d = tl.arange(0, HEAD_DIM)
     for n0 in range(n_lo, n_hi, BLOCK_N):
@@ -603,6 +603,7 @@ def _bwd_dq_kernel(
         full,
         S,
         shift,
+        qk_scale,
         BLOCK_N,
         HEAD_DIM,
         False,
@@ -610,7 +611,6 @@ def _bwd_dq_kernel(
         HAS_KM,
         PREC,
         ACC,
-        qk_scale,
     )
     dq = _bwd_dq_inner(
         dq,
@@ -628,6 +628,7 @@ def _bwd_dq_kernel(
         hi,
         S,
         shift,
+        qk_scale,
         BLOCK_N,
         HEAD_DIM,
         True,
@@ -635,7 +636,6 @@ def _bwd_dq_kernel(
         HAS_KM,
         PREC,
         ACC,
-        qk_scale,
     )
     dq = dq * sm_scale
     tl.store(
