@@ -736,7 +736,7 @@ def _acc_dtype(dtype: torch.dtype) -> tuple[object, torch.dtype, str]:
 
 
 def _blocks(head_dim: int, device: torch.device, dtype: torch.dtype) -> dict[str, int]:
-    """Forward tiles. bf16/fp16 on an H100 (tile sweep, docs/benchmarks.md): 64 x 64, 4 warps, 3 stages
+    """Forward tiles. bf16/fp16 on an H100 (tile sweep, docs/bench/model.md): 64 x 64, 4 warps, 3 stages
     was fastest at head dim 64 and 128 (T 512-1024; 0.21 vs 0.29 ms for 128 x 64 / 8 warps at D=128)."""
     if device.type != "cuda":  # interpreter: small blocks keep tests fast and cover multi-block paths
         return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
