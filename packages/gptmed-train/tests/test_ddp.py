@@ -17,19 +17,40 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+# Runs `python -m gptmed.training.train` and then lists the threads the rank has left: after a
+# run, destroy_process_group() must have stopped gloo's threads, or they race the process's exit
+# (an occasional SIGABRT after a successful run).
+_RANK_MAIN = """
+import os, runpy, sys
+code = 0
+try:
+    runpy.run_module("gptmed.training.train", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+print(f"rank {os.environ['RANK']} threads after the run: {' '.join(names)}", flush=True)
+sys.exit(code)
+"""
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "rank_main.py"
+    script.write_text(_RANK_MAIN)
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        "-m",
-        "gptmed.training.train",
+        str(script),
         *args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=subprocess_env())
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    if sys.platform == "linux":
+        left = [line for line in proc.stdout.splitlines() if "threads after the run" in line]
+        assert len(left) == 2, proc.stdout
+        assert not any("gloo" in line for line in left), left
     return proc
 
 
@@ -37,11 +58,11 @@ def test_two_gloo_processes_match_one_process(dataset: Path, tmp_path: Path) -> 
     common = dict(num_epochs=2, warmup_steps=2, dropout=0.0, batch_size=8, grad_accum=2)  # 3 steps per epoch
     single = train_model(tiny_config(dataset, tmp_path / "one", max_steps=5, **common))
     ddp = tmp_path / "two"
-    out = _torchrun(cli_args(tiny_config(dataset, ddp, max_steps=2, **common)))
+    out = _torchrun(cli_args(tiny_config(dataset, ddp, max_steps=2, **common)), tmp_path)
     assert out.stdout.count("GPT Training Script") == 1  # rank 0 prints, rank 1 is quiet
     assert "2 processes" in out.stdout
     _torchrun(
-        cli_args(tiny_config(dataset, ddp, max_steps=5, resume=True, **common))
+        cli_args(tiny_config(dataset, ddp, max_steps=5, resume=True, **common)), tmp_path
     )  # crosses the epoch end
     losses = train_losses(ddp)
     assert sorted(losses) == [1, 2, 3, 4, 5]
