@@ -1,7 +1,8 @@
 """One decode step's attention in onnxruntime on the CPU: the bundle graph's ``GroupQueryAttention``
 (KV cache appended in place in a capacity-sized buffer, as the runtime binds it) vs the same
 attention from standard ONNX ops over that buffer (``MatMul`` on a K cache stored transposed,
-scale, additive mask, ``Softmax``, ``MatMul``: no per-step slicing or copying).
+scale, additive mask, ``Softmax``, ``MatMul``: no per-step slicing or copying). No RoPE: the
+bench model (learned positions) does not use it.
 
     python bench/decode_attention.py [--batch 8] [--heads 4] [--head-dim 64] [--capacity 160 512]
                                      [--keys 33 97 160] [--threads 2]
@@ -21,16 +22,15 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from gptmed.inference.backends import _session_options
 from onnx import TensorProto, helper
 
 F32 = TensorProto.FLOAT
 
 
 def _session(model: Any, threads: int) -> Any:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    """A session with the runtime's own options (threads, spinning, optimisation level)."""
+    opts = _session_options(threads)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
