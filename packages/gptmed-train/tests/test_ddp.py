@@ -27,8 +27,9 @@ try:
     runpy.run_module("gptmed.training.train", run_name="__main__")
 except SystemExit as exc:
     code = exc.code
-names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
-print(f"rank {os.environ['RANK']} threads after the run: {' '.join(names)}", flush=True)
+if os.path.isdir("/proc/self/task"):  # Linux
+    names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    print(f"rank {os.environ['RANK']} threads after the run: {' '.join(names)}", flush=True)
 sys.exit(code)
 """
 
