@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(
 
 # Runs `python -m gptmed.training.train` and then lists the threads the rank has left: after a
 # run, destroy_process_group() must have stopped gloo's threads, or they race the process's exit
-# (an occasional SIGABRT after a successful run).
+# (an occasional SIGABRT after a successful run). Each rank writes its own file: two ranks printing
+# to torchrun's shared stdout can interleave within a line.
 _RANK_MAIN = """
 import os, runpy, sys
 code = 0
@@ -29,13 +30,19 @@ except SystemExit as exc:
     code = exc.code
 if os.path.isdir("/proc/self/task"):  # Linux
     names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
-    print(f"rank {os.environ['RANK']} threads after the run: {' '.join(names)}", flush=True)
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"threads_rank{os.environ['RANK']}.txt")
+    with open(out, "w") as f:
+        f.write(" ".join(names))
 sys.exit(code)
 """
 
 
 def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "rank_main.py"
+    launch = tmp_path / "launch"
+    launch.mkdir(exist_ok=True)
+    for old in launch.glob("threads_rank*.txt"):
+        old.unlink()
+    script = launch / "rank_main.py"
     script.write_text(_RANK_MAIN)
     cmd = [
         sys.executable,
@@ -49,9 +56,9 @@ def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[st
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=subprocess_env())
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
     if sys.platform == "linux":
-        left = [line for line in proc.stdout.splitlines() if "threads after the run" in line]
-        assert len(left) == 2, proc.stdout
-        assert not any("gloo" in line for line in left), left
+        left = {f.name: f.read_text() for f in sorted(launch.glob("threads_rank*.txt"))}
+        assert sorted(left) == ["threads_rank0.txt", "threads_rank1.txt"], proc.stdout
+        assert not any("gloo" in names for names in left.values()), left
     return proc
 
 
