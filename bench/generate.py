@@ -7,7 +7,9 @@ Hugging Face ``GPT2LMHeadModel.generate`` of the same size, on the same weights 
 Greedy, exactly ``--new-tokens`` tokens per row (EOS ignored), prompts of ``--prompt-len`` tokens.
 Reports tokens/s (batch * new tokens / total time), ms per decode step, time to first token,
 cold start of the ``gptmed-generate`` process (start to first token, bundle, --max-length 1),
-and installed sizes of gptmed-infer's runtime dependencies vs torch's.
+and installed sizes of gptmed-infer's runtime dependencies vs torch's. Also one onnxruntime
+prefill with logits at every prompt position vs the last only (``num_logits_to_keep``), at each
+batch size and at 1 x 256 tokens.
 
 Weights: a ``GPTTransformer`` of the preset with random init (speed does not depend on the
 values); the tokenizer is trained on MedQuAD (../shared/datasets/medquad) or, if absent, on a
@@ -70,7 +72,11 @@ def build(workdir: Path, size: str) -> tuple[Path, Path]:
     ckpt = workdir / f"{size}.pt"
     bundle = workdir / f"bundle-{size}"
     if ckpt.is_file() and (bundle / "gptmed.json").is_file():
-        return ckpt, bundle
+        from gptmed.inference.graph import GRAPH_LAYOUT
+
+        cached = json.loads((bundle / "gptmed.json").read_text()).get("extra", {}).get("graph_layout")
+        if cached == GRAPH_LAYOUT:
+            return ckpt, bundle  # else re-exported below, by this version's exporter
     tok_path = workdir / "tok.model"
     if not tok_path.is_file():
         _corpus(workdir / "qa.txt")
@@ -218,6 +224,22 @@ def interleaved(
     return out
 
 
+def prefill_ab(gen: object, prompts: list[list[int]], repeats: int = 15) -> tuple[float, float]:
+    """Median ms of one onnxruntime prefill with logits at every prompt position (what a graph
+    without ``num_logits_to_keep`` computes) and with only the last position's, interleaved."""
+    backend = gen.backend  # type: ignore[attr-defined]
+    ids = np.asarray(prompts, dtype=np.int64)
+    mask = np.ones_like(ids)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(repeats + 1):
+        for last_only in (False, True):
+            start = time.perf_counter()
+            backend._first_run(ids, mask, ids.shape[1] + 1, last_only=last_only)
+            if round_:
+                times[last_only].append(time.perf_counter() - start)
+    return statistics.median(times[False]) * 1e3, statistics.median(times[True]) * 1e3
+
+
 def cold_start(bundle: Path, runs: int = 3) -> float:
     """Seconds from process start to the first token printed by gptmed-generate (median)."""
     exe = Path(sys.executable).parent / "gptmed-generate"
@@ -297,7 +319,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gptmed-bench-generate"))
-    ap.add_argument("--skip", nargs="*", default=[], help="rows to skip: hf torch int8 cold")
+    ap.add_argument("--skip", nargs="*", default=[], help="rows to skip: hf torch int8 cold prefill")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and onnxruntime threads")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -339,6 +361,21 @@ def main() -> None:
             if r["batch"] == batch and base:
                 r["x_hf"] = round(float(r["tok_s"]) / float(base["tok_s"]), 2)  # type: ignore[arg-type]
     extra: dict[str, object] = {}
+    if "prefill" not in args.skip:
+        shapes = [(batch, args.prompt_len) for batch in args.batches] + [(1, 256)]
+        for name, gen in (("fp32", fp32), ("int8", int8)):
+            for batch, width in shapes:
+                prompts = [[2, *rng.integers(4, vocab, size=width - 1).tolist()] for _ in range(batch)]
+                all_ms, kept_ms = prefill_ab(gen, prompts)
+                extra[f"prefill_ms_{name}_b{batch}_t{width}_all_vs_last"] = [
+                    round(all_ms, 2),
+                    round(kept_ms, 2),
+                ]
+                print(
+                    f"prefill {name} {batch}x{width}: logits at every position {all_ms:6.2f} ms, "
+                    f"last only {kept_ms:6.2f} ms ({all_ms / kept_ms:.2f}x)",
+                    flush=True,
+                )
     if "cold" not in args.skip:
         extra["cold_start_s"] = round(cold_start(bundle), 3)
         extra["import_torch_s"] = round(import_time("torch"), 3)

@@ -32,8 +32,8 @@ def test_bundle_layout_and_manifest(artifacts) -> None:  # type: ignore[no-untyp
     m = b.manifest
     assert set(m.files) == set(names) - {"gptmed.json"}
     assert all(sha256_file(artifacts.bundle / n) == h for n, h in m.files.items())
-    assert m.inputs[:3] == ["input_ids", "position_ids", "attention_mask"]
-    assert m.inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    assert m.inputs[:4] == ["input_ids", "position_ids", "attention_mask", "num_logits_to_keep"]
+    assert m.inputs[4:6] == ["past_key_values.0.key", "past_key_values.0.value"]
     assert m.outputs[:3] == ["logits", "present.0.key", "present.0.value"]
     assert m.tokenizer_sha256 == m.files["tokenizer.model"]
     assert m.model_config == artifacts.config

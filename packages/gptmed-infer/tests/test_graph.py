@@ -35,10 +35,12 @@ def test_graph_matches_torch_prefill_and_decode(activation: str, use_rope: bool,
     hs = kv_head_dim(cfg)
     assert hs % 8 == 0 and hs >= cfg.head_dim
     ids = np.random.default_rng(0).integers(4, 50, size=(1, 12))
-    cache = [np.zeros((1, 4, 16, hs), dtype=np.float32) for _ in names_in[3:]]
+    assert names_in[:4] == ["input_ids", "position_ids", "attention_mask", "num_logits_to_keep"]
+    cache = [np.zeros((1, 4, 16, hs), dtype=np.float32) for _ in names_in[4:]]
     binding = sess.io_binding()
     binding.bind_output("logits", "cpu")  # first: get_outputs()[0]
-    for past, present, buf in zip(names_in[3:], names_out[1:], cache, strict=True):
+    binding.bind_cpu_input("num_logits_to_keep", np.array([0], dtype=np.int64))  # every position
+    for past, present, buf in zip(names_in[4:], names_out[1:], cache, strict=True):
         value = ort.OrtValue.ortvalue_from_numpy(buf)
         binding.bind_ortvalue_input(past, value)
         binding.bind_ortvalue_output(present, value)
@@ -59,3 +61,35 @@ def test_graph_matches_torch_prefill_and_decode(activation: str, use_rope: bool,
     for pos in range(8, 12):
         got = run(ids[:, pos : pos + 1], pos)
         assert np.abs(got[:, 0] - want[:, pos]).max() <= 1e-4
+
+
+def test_num_logits_to_keep_returns_the_last_positions() -> None:
+    """k = 0: every position; k: the last k, equal to those of the full run; k > T: all T."""
+    from gptmed.inference.export import graph_weights
+    from gptmed.inference.graph import build_graph, kv_head_dim
+    from gptmed.model import GPTTransformer
+
+    cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16, dropout=0.0)
+    torch.manual_seed(1)
+    sess = ort.InferenceSession(
+        build_graph(cfg, graph_weights(GPTTransformer(cfg).eval())).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    batch, width = 3, 7
+    ids = np.random.default_rng(1).integers(4, 40, size=(batch, width))
+    empty = np.zeros((batch, 4, 0, kv_head_dim(cfg)), dtype=np.float32)
+    feeds = {
+        "input_ids": ids,
+        "position_ids": np.broadcast_to(np.arange(width), (batch, width)).astype(np.int64),
+        "attention_mask": np.ones((batch, width), dtype=np.int64),
+        **{i.name: empty for i in sess.get_inputs() if i.name.startswith("past_key_values.")},
+    }
+
+    def logits(keep: int) -> np.ndarray:
+        return np.asarray(sess.run(["logits"], {**feeds, "num_logits_to_keep": np.array([keep])})[0])
+
+    full = logits(0)
+    assert full.shape == (batch, width, cfg.vocab_size)
+    for keep in (1, 3, width):
+        assert np.abs(logits(keep) - full[:, width - keep :]).max() <= 1e-6
+    assert np.abs(logits(width + 5) - full).max() <= 1e-6

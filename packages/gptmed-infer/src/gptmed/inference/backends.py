@@ -57,7 +57,8 @@ class _OrtState:
     binding: Any  # onnxruntime IOBinding with the cache buffers bound
     buffers: list[np.ndarray]  # the cache memory (the OrtValues in ``binding`` view these arrays)
     lengths: np.ndarray  # (B,) int64: keys in the cache per row
-    logits: np.ndarray | None = None  # (B, T, V) output buffer of the last run
+    logits: np.ndarray | None = None  # (B, T', V) output buffer of the last run (its last T' positions)
+    keep: int = -1  # num_logits_to_keep bound for the next run (-1: none yet)
 
     @property
     def capacity(self) -> int:
@@ -139,8 +140,8 @@ class OnnxBackend:
                 where=str(bundle.model_path),
                 hint="the graph and gptmed.json do not belong together; re-export the bundle",
             )
-        self._past_names = inputs[3:]
-        self._present_names = outputs[1:]
+        self._past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self._present_names = [n for n in outputs if n.startswith("present.")]
 
     # ------------------------------------------------------------------------------ the cache
     def _new_state(self, lengths: np.ndarray, capacity: int) -> _OrtState:
@@ -156,7 +157,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         binding = state.binding
-        state.logits = None  # bound by the next run
+        state.logits, state.keep = None, -1  # bound by the next run
         for past, present, buf in zip(self._past_names, self._present_names, state.buffers, strict=True):
             value = ort.OrtValue.ortvalue_from_numpy(buf)  # a view of buf, not a copy
             binding.bind_ortvalue_input(past, value)
@@ -173,9 +174,10 @@ class OnnxBackend:
         self._bind_cache(state)
 
     def _run(
-        self, state: _OrtState, input_ids: np.ndarray, position_ids: np.ndarray, total: int
+        self, state: _OrtState, input_ids: np.ndarray, position_ids: np.ndarray, total: int, keep: int = 0
     ) -> np.ndarray:
-        """One graph run over ``input_ids`` (B, T) with rows holding ``state.lengths`` keys after it.
+        """One graph run over ``input_ids`` (B, T) with rows holding ``state.lengths`` keys after it;
+        logits for the last ``keep`` positions (0: all T).
 
         The logits land in a numpy array bound as the output (no OrtValue round trip); the
         returned array is that buffer, valid until the next run on ``state``."""
@@ -185,23 +187,30 @@ class OnnxBackend:
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("position_ids", position_ids)
         binding.bind_cpu_input("attention_mask", keys.astype(np.int64))
-        if state.logits is None or state.logits.shape[1] != width:
-            state.logits = np.empty((batch, width, self.config.vocab_size), dtype=np.float32)  # (B, T, V)
+        if keep != state.keep:
+            binding.bind_cpu_input("num_logits_to_keep", np.array([keep], dtype=np.int64))
+            state.keep = keep
+        kept = min(keep, width) or width
+        if state.logits is None or state.logits.shape[1] != kept:
+            state.logits = np.empty((batch, kept, self.config.vocab_size), dtype=np.float32)  # (B, T', V)
             shape = list(state.logits.shape)
             binding.bind_output("logits", "cpu", 0, np.float32, shape, state.logits.ctypes.data)
         self.session.run_with_iobinding(binding)
         return state.logits
 
     def _first_run(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int, last_only: bool
     ) -> tuple[np.ndarray, _OrtState, np.ndarray]:
-        """A whole (left-padded or any) batch on an empty cache: (logits (B, T, V) with row b's
-        tokens at 0..len-1, the state, the gather order that right-aligned the rows)."""
+        """A whole (left-padded or any) batch on an empty cache: (logits (B, T', V), the state, the
+        gather order that right-aligned the rows). Row b's tokens sit at 0..len-1; the logits cover
+        every position, or with ``last_only`` the last T' = T - min(len) + 1, which hold every
+        row's last token."""
         ids, lengths, order = _right_aligned(input_ids, attention_mask)
         batch, width = ids.shape
         state = self._new_state(lengths, capacity)
         pos = np.ascontiguousarray(np.broadcast_to(np.arange(width, dtype=np.int64), (batch, width)))
-        return self._run(state, ids, pos, width), state, order
+        keep = width - max(int(lengths.min()), 1) + 1 if last_only else 0
+        return self._run(state, ids, pos, width, keep), state, order
 
     # ------------------------------------------------------------------------------ the protocol
     def prefill(
@@ -211,8 +220,8 @@ class OnnxBackend:
         default the model's context."""
         width, context = input_ids.shape[1], self.config.max_seq_len
         capacity = min(max(capacity or context, width), context)
-        logits, state, _ = self._first_run(input_ids, attention_mask, capacity)
-        last = np.maximum(state.lengths - 1, 0)
+        logits, state, _ = self._first_run(input_ids, attention_mask, capacity, last_only=True)
+        last = np.maximum(state.lengths - 1, 0) - (width - logits.shape[1])  # within the kept positions
         return logits[np.arange(len(last)), last, :], state  # indexing copies out of the buffer
 
     def decode(self, state: _OrtState, tokens: np.ndarray) -> np.ndarray:
@@ -227,12 +236,12 @@ class OnnxBackend:
             self._grow(state, needed)
         state.lengths = state.lengths + 1
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(batch, 1)
-        return self._run(state, ids, pos, needed)[:, -1, :].copy()
+        return self._run(state, ids, pos, needed, keep=1)[:, -1, :].copy()
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits at every position, in the caller's (e.g. left-padded) layout; padding positions get 0."""
         batch, width = input_ids.shape
-        aligned, state, order = self._first_run(input_ids, attention_mask, width)
+        aligned, state, order = self._first_run(input_ids, attention_mask, width, last_only=False)
         lengths = state.lengths
         if int(lengths.min()) == width:  # no padding: the layouts agree (the buffer is ours alone)
             return aligned

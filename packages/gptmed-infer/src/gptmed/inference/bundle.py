@@ -43,8 +43,11 @@ GENAI_CONFIG = "genai_config.json"
 
 
 def expected_io_names(n_layers: int) -> tuple[list[str], list[str]]:
-    """The graph's input and output names for ``n_layers`` blocks (optimum / onnxruntime-genai names)."""
-    inputs = ["input_ids", "position_ids", "attention_mask"]
+    """The graph's input and output names for ``n_layers`` blocks (optimum / onnxruntime-genai names).
+
+    ``num_logits_to_keep`` (int64, shape (1,)) is Hugging Face's: logits for the last k positions
+    only, 0 for all. onnxruntime-genai feeds 0 to an input of that name by itself."""
+    inputs = ["input_ids", "position_ids", "attention_mask", "num_logits_to_keep"]
     outputs = ["logits"]
     for i in range(n_layers):
         inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]

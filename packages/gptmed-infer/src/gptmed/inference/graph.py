@@ -16,7 +16,9 @@ onnxruntime CPU kernels:
 Padding is on the right: ``seqlens_k = sum(attention_mask) - 1`` per row says how many keys a row
 has; the mask's width is the total sequence length. (Where the real tokens sit inside the mask
 does not matter to the graph, only how many there are.) Logits come from a ``Gemm`` with
-``transB=1`` on the token-embedding table, so the tied matrix is stored once.
+``transB=1`` on the token-embedding table, so the tied matrix is stored once, and only for the
+last ``num_logits_to_keep`` positions (0: all of them): a prefill needs one position per row, and
+the output matmul over every prompt position is the largest single cost of a prefill.
 
 ``GroupQueryAttention`` needs a head size that is a multiple of 8 (16 with RoPE). Other head sizes are padded
 with zero rows in the q/k/v weights (and zero columns in the output projection's input), which
@@ -40,7 +42,7 @@ __all__ = ["GRAPH_LAYOUT", "LN_EPS", "OPSET", "build_graph", "kv_head_dim"]
 
 OPSET = 17
 # recorded in gptmed.json (extra.graph_layout); a runtime refuses a graph laid out otherwise
-GRAPH_LAYOUT = "gqa-shared-kv-right-padded/1"
+GRAPH_LAYOUT = "gqa-shared-kv-right-padded/2"  # /2: num_logits_to_keep
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which GPTTransformer uses
 
 
@@ -149,7 +151,7 @@ def build_graph(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> Any:
         qkv_t = _pad_heads(w(p + "attn.qkv.weight").T, nh, hs, hs_pad, axis=1)  # (C, 3 * nh * hs_pad)
         qkv_b = _pad_heads(w(p + "attn.qkv.bias"), nh, hs, hs_pad, axis=0)
         qkv = linear(h, p + "attn.qkv", f"qkv{i}", qkv_t, qkv_b)  # (B, T, 3*nh*hs_pad): q, k, v heads
-        past_k, past_v = inputs[3 + 2 * i], inputs[4 + 2 * i]
+        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
         node(
             "GroupQueryAttention",
             [qkv, "", "", past_k, past_v, "seqlens_k", "total_len", *rope_inputs],
@@ -175,6 +177,11 @@ def build_graph(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> Any:
         skip = (mlp, init(p + "mlp.proj.bias", w(p + "mlp.proj.bias")))
     hf = ln("h_final", "ln_f")  # (B, T, C)
 
+    # the last num_logits_to_keep positions (Slice from -k; k = 0 starts at 0: every position)
+    node("Neg", ["num_logits_to_keep"], ["keep_from"])
+    end = init("int64_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+    hf = node("Slice", [hf, "keep_from", end, init("axis_seq", np.array([1], dtype=np.int64))], ["h_kept"])[0]
+
     # logits = h @ E^T as a 2-D Gemm with transB=1 on the embedding table (stored once)
     node("Shape", [hf], ["h_shape"])
     node(
@@ -192,13 +199,14 @@ def build_graph(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> Any:
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence"]),
+        helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, [1]),
     ]
     graph_inputs += [
         helper.make_tensor_value_info(name, float_, ["batch", nh, "past_sequence", hs_pad])
-        for name in inputs[3:]
+        for name in inputs[len(graph_inputs) :]
     ]
     graph_outputs = [
-        helper.make_tensor_value_info("logits", float_, ["batch", "sequence", config.vocab_size])
+        helper.make_tensor_value_info("logits", float_, ["batch", "logits_sequence", config.vocab_size])
     ]
     graph_outputs += [
         helper.make_tensor_value_info(name, float_, ["batch", nh, "present_sequence", hs_pad])
