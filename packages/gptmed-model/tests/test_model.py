@@ -190,6 +190,22 @@ def test_bad_inputs_raise_value_errors_with_numbers() -> None:
         model(torch.zeros(1, 1, dtype=torch.long), position_ids=torch.tensor([[16]]))
     with pytest.raises(ValueError, match=r"d_model \(100\) must be divisible by n_heads \(3\)"):
         ModelConfig(d_model=100, n_heads=3)
+    with pytest.raises(ValueError, match=r"logits_to_keep must be >= 0.*got -1"):
+        model(torch.zeros(1, 2, dtype=torch.long), logits_to_keep=-1)
+
+
+def test_logits_to_keep_returns_the_last_positions() -> None:
+    torch.manual_seed(0)
+    model = GPTTransformer(tiny()).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        full, past_full = model(ids, use_cache=True)
+        for keep in (1, 4, 9, 20):  # more than T: all of them
+            last, past = model(ids, use_cache=True, logits_to_keep=keep)
+            assert last.shape == (2, min(keep, 9), 97)
+            torch.testing.assert_close(last, full[:, -keep:], rtol=0, atol=1e-5)
+            for (k, v), (fk, fv) in zip(past, past_full, strict=True):  # the cache is whole
+                assert torch.equal(k, fk) and torch.equal(v, fv)
 
 
 def test_dropout_train_vs_eval() -> None:

@@ -71,8 +71,12 @@ class TorchBackend:
         with torch.inference_mode():
             m = self._t(mask)
             logits, past = self.model(
-                self._t(input_ids), position_ids=self._t(pos), attention_mask=m, use_cache=True
-            )
+                self._t(input_ids),
+                position_ids=self._t(pos),
+                attention_mask=m,
+                use_cache=True,
+                logits_to_keep=1,
+            )  # left-padded: every row's last token is in the last column
             state = _TorchState(mask=m, next_pos=self._t(pos[:, -1:] + 1), past=past)
             return self._logits(logits), state
 

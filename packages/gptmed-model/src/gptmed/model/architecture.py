@@ -384,14 +384,16 @@ class GPTTransformer(nn.Module):
         use_cache: bool = False,
         targets: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> Any:
-        """Logits for every position.
+        """Logits for every position, or for the last ``logits_to_keep`` ones (0: all; Hugging
+        Face's argument: a prefill needs only the last position's).
 
         input_ids: (B, T) int64. position_ids: (B, T), default ``arange(P, P + T)``.
         attention_mask: (B, P + T) 0/1 or bool, 0 = padded key (left padding); default all ones.
         past_key_values: ``n_layers`` tuples (k, v), each (B, nh, P, hs).
 
-        Returns logits (B, T, V) float; with ``use_cache`` a pair (logits, presents), presents being
+        Returns logits (B, T, V) float ((B, min(logits_to_keep, T), V) with ``logits_to_keep``); with ``use_cache`` a pair (logits, presents), presents being
         ``n_layers`` tuples (k, v) each (B, nh, P + T, hs).
         With ``targets`` (B, T) int64 (``-100`` = ignore) it returns the mean cross-entropy loss (a
         scalar) computed in chunks without materialising the logits (faster, less memory); the
@@ -409,6 +411,10 @@ class GPTTransformer(nn.Module):
                 )
             if segment_ids is not None and use_cache:
                 raise ValueError("segment_ids is for training: it cannot be combined with use_cache")
+            if logits_to_keep < 0 or (logits_to_keep and targets is not None):
+                raise ValueError(
+                    f"logits_to_keep must be >= 0 and cannot be combined with targets, got {logits_to_keep}"
+                )
         h, presents = self.hidden_states(
             input_ids,
             position_ids=position_ids,
@@ -418,7 +424,9 @@ class GPTTransformer(nn.Module):
         )
         if targets is not None:
             return linear_cross_entropy(h, self.tok_emb.weight, targets)
-        logits = F.linear(h, self.tok_emb.weight)  # (B, T, V), tied weights
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = F.linear(h, self.tok_emb.weight)  # (B, T, V) or (B, logits_to_keep, V), tied weights
         if use_cache:
             return logits, presents
         return logits
