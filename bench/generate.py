@@ -72,10 +72,10 @@ def build(workdir: Path, size: str) -> tuple[Path, Path]:
     ckpt = workdir / f"{size}.pt"
     bundle = workdir / f"bundle-{size}"
     if ckpt.is_file() and (bundle / "gptmed.json").is_file():
+        from gptmed.core import BundleManifest
         from gptmed.inference.graph import GRAPH_LAYOUT
 
-        cached = json.loads((bundle / "gptmed.json").read_text()).get("extra", {}).get("graph_layout")
-        if cached == GRAPH_LAYOUT:
+        if BundleManifest.load(bundle / "gptmed.json").extra.get("graph_layout") == GRAPH_LAYOUT:
             return ckpt, bundle  # else re-exported below, by this version's exporter
     tok_path = workdir / "tok.model"
     if not tok_path.is_file():
