@@ -393,8 +393,9 @@ class GPTTransformer(nn.Module):
         attention_mask: (B, P + T) 0/1 or bool, 0 = padded key (left padding); default all ones.
         past_key_values: ``n_layers`` tuples (k, v), each (B, nh, P, hs).
 
-        Returns logits (B, T, V) float ((B, min(logits_to_keep, T), V) with ``logits_to_keep``); with ``use_cache`` a pair (logits, presents), presents being
-        ``n_layers`` tuples (k, v) each (B, nh, P + T, hs).
+        Returns logits (B, T, V) float, (B, min(logits_to_keep, T), V) with ``logits_to_keep``;
+        with ``use_cache`` a pair (logits, presents), presents being ``n_layers`` tuples (k, v)
+        each (B, nh, P + T, hs).
         With ``targets`` (B, T) int64 (``-100`` = ignore) it returns the mean cross-entropy loss (a
         scalar) computed in chunks without materialising the logits (faster, less memory); the
         trainer's path.
