@@ -18,11 +18,14 @@ pytestmark = pytest.mark.skipif(
 
 
 # Runs `python -m gptmed.training.train` and then lists the threads the rank has left: after a
-# run, destroy_process_group() must have stopped gloo's threads, or they race the process's exit
-# (an occasional SIGABRT after a successful run). Each rank writes its own file: two ranks printing
+# run, the trainer's shutdown must have stopped gloo's threads, or they race the process's exit
+# (an occasional SIGABRT after a successful run). The garbage collector is off in the rank, so a
+# process group that only a reference cycle keeps alive stays alive every time, not when the
+# collector happens not to run (1 CI run in many). Each rank writes its own file: two ranks printing
 # to torchrun's shared stdout can interleave within a line.
 _RANK_MAIN = """
-import os, runpy, sys
+import gc, os, runpy, sys
+gc.disable()
 code = 0
 try:
     runpy.run_module("gptmed.training.train", run_name="__main__")
