@@ -17,18 +17,8 @@ BENCH = REPO / "bench"
 
 def test_generate_bench_runs_every_gptmed_row(tmp_path: Path) -> None:
     out = tmp_path / "generate.json"
-    args = ["--size", "tiny", "--batches", "2", "--prompt-len", "8", "--new-tokens", "4", "--repeats", "1"]
-    args += [
-        "--threads",
-        "1",
-        "--skip",
-        "hf",
-        "cold",
-        "--workdir",
-        str(tmp_path / "work"),
-        "--json",
-        str(out),
-    ]
+    smallest = "--size tiny --batches 2 --prompt-len 8 --new-tokens 4 --repeats 1 --threads 1 --skip hf cold"
+    args = [*smallest.split(), "--workdir", str(tmp_path / "work"), "--json", str(out)]
     run(["python", str(BENCH / "generate.py"), *args], tmp_path, timeout=300)
     report = json.loads(out.read_text())
     rows = {r["engine"]: r for r in report["rows"]}
