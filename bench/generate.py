@@ -66,20 +66,22 @@ def _corpus(path: Path, pairs: int = 3000) -> None:
 def build(workdir: Path, size: str) -> tuple[Path, Path]:
     """(checkpoint, bundle) for the preset ``size`` with random weights, cached in ``workdir``."""
     import torch
-    from gptmed.core import CheckpointManifest, get_config
+    from gptmed.core import BundleManifest, CheckpointManifest, get_config
     from gptmed.inference.export import export_bundle
+    from gptmed.inference.graph import GRAPH_LAYOUT
     from gptmed.model import GPTTransformer
     from gptmed.tokenizer import Tokenizer, train_tokenizer
 
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = workdir / f"{size}.pt"
     bundle = workdir / f"bundle-{size}"
-    if ckpt.is_file() and (bundle / "gptmed.json").is_file():
-        from gptmed.core import BundleManifest
-        from gptmed.inference.graph import GRAPH_LAYOUT
-
-        if BundleManifest.load(bundle / "gptmed.json").extra.get("graph_layout") == GRAPH_LAYOUT:
-            return ckpt, bundle  # else re-exported below, by this version's exporter
+    bundle_json = bundle / "gptmed.json"
+    if (
+        ckpt.is_file()
+        and bundle_json.is_file()
+        and BundleManifest.load(bundle_json).extra.get("graph_layout") == GRAPH_LAYOUT
+    ):
+        return ckpt, bundle  # a bundle of another layout is re-exported below, by this version's exporter
     tok_path = workdir / "tok.model"
     if not tok_path.is_file():
         _corpus(workdir / "qa.txt")
@@ -227,6 +229,14 @@ def interleaved(
     return out
 
 
+def random_prompts(rng: np.random.Generator, batch: int, width: int, vocab: int) -> list[list[int]]:
+    """``batch`` prompts of ``width`` ids: BOS, then random ids above the special ones."""
+    from gptmed.core import SPECIAL_IDS
+
+    first = max(SPECIAL_IDS.pad, SPECIAL_IDS.unk, SPECIAL_IDS.bos, SPECIAL_IDS.eos) + 1
+    return [[SPECIAL_IDS.bos, *rng.integers(first, vocab, size=width - 1).tolist()] for _ in range(batch)]
+
+
 def prefill_ab(gen: object, prompts: list[list[int]], repeats: int = 15) -> tuple[float, float]:
     """Median ms of one onnxruntime prefill with logits at every prompt position (what a graph
     without ``num_logits_to_keep`` computes) and with only the last position's, interleaved."""
@@ -343,7 +353,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     hf = hf_model(model) if "hf" not in args.skip else None
     for batch in args.batches:
-        prompts = [[2, *rng.integers(4, vocab, size=args.prompt_len - 1).tolist()] for _ in range(batch)]
+        prompts = random_prompts(rng, batch, args.prompt_len, vocab)
         runners: dict[str, object] = {"onnxruntime fp32 (gptmed)": lambda p, n: run_ours(fp32, p, n)}
         if "int8" not in args.skip:
             runners["onnxruntime int8 (gptmed)"] = lambda p, n: run_ours(int8, p, n)
@@ -368,7 +378,7 @@ def main() -> None:
         shapes = [(batch, args.prompt_len) for batch in args.batches] + [(1, 256)]
         for name, gen in (("fp32", fp32), ("int8", int8)):
             for batch, width in shapes:
-                prompts = [[2, *rng.integers(4, vocab, size=width - 1).tolist()] for _ in range(batch)]
+                prompts = random_prompts(rng, batch, width, vocab)
                 all_ms, kept_ms = prefill_ab(gen, prompts)
                 extra[f"prefill_ms_{name}_b{batch}_t{width}_all_vs_last"] = [
                     round(all_ms, 2),
