@@ -4,13 +4,20 @@ Default run (what `.ci/run` and README's test command run):
     lint, typecheck, layers, tests(pkg=...) for every package, integration, wheels
 Not in the default run: quickstart (README's main job), bench, gpu.
 
+Disk: each session with torch builds a ~1 GB environment, ~9 GB for the default run. With
+GPTMED_NOX_PRUNE=1 (`.ci/run` sets it) each session deletes its environment when it ends, so the
+run needs ~2 GB at its peak.
+
 Every session installs with pip and the constraints file, which pins torch to the CPU build
 that lies on the project's machines (an unpinned torch downloads a multi-GB CUDA build).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +33,22 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "typecheck", "layers", "tests", "integration", "wheels"]
+
+
+def _pruned(func: Callable[..., None]) -> Callable[..., None]:
+    """With GPTMED_NOX_PRUNE=1, delete the session's virtualenv when the session ends (pass or fail)."""
+
+    @functools.wraps(func)
+    def run(session: nox.Session, **params: str) -> None:
+        try:
+            func(session, **params)
+        finally:
+            location = getattr(session.virtualenv, "location", None)
+            if os.environ.get("GPTMED_NOX_PRUNE") == "1" and location:
+                shutil.rmtree(location, ignore_errors=True)
+                session.log(f"GPTMED_NOX_PRUNE=1: removed {location}")
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,7 @@ def _has_extra(pkg: Package, extra: str) -> bool:
 
 
 @nox.session
+@_pruned
 def lint(session: nox.Session) -> None:
     """ruff check + format check, and the PEP 420 guard: no src/gptmed/__init__.py anywhere."""
     bad = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("packages/*/src/gptmed/__init__.py"))
@@ -110,6 +134,7 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+@_pruned
 def typecheck(session: nox.Session) -> None:
     """mypy: strict for gptmed-core, checked for the rest."""
     _install_local(session, _closure(PRESENT))
@@ -119,6 +144,7 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+@_pruned
 def layers(session: nox.Session) -> None:
     """import-linter contracts of ARCHITECTURE.md section 1 (root pyproject.toml)."""
     _install_local(session, _closure(PRESENT))
@@ -141,6 +167,7 @@ def layers(session: nox.Session) -> None:
 
 @nox.session
 @nox.parametrize("pkg", PRESENT)
+@_pruned
 def tests(session: nox.Session, pkg: str) -> None:
     """One package's tests, in an env with only its declared dependencies (+ test-only siblings)."""
     spec = PACKAGES[pkg]
@@ -151,6 +178,7 @@ def tests(session: nox.Session, pkg: str) -> None:
 
 
 @nox.session
+@_pruned
 def integration(session: nox.Session) -> None:
     """End to end across packages (integration_tests/), CPU, small data the tests make."""
     _install_local(session, _closure(PRESENT), {"infer": ("export",)})
@@ -163,6 +191,7 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session
+@_pruned
 def wheels(session: nox.Session) -> None:
     """Build every package; install gptmed-infer from its wheel without torch; answer from a bundle."""
     dist = ROOT / ".nox" / "_dist"
@@ -215,6 +244,7 @@ print("gptmed --help on an infer-only install lists:", sorted(names))
 
 
 @nox.session
+@_pruned
 def quickstart(session: nox.Session) -> None:
     """README's main job: the whole pipeline on the embedded sample, then answers from the bundle."""
     _install_local(session, _closure(["gptmed"]), {"infer": ("export",)})
@@ -223,6 +253,7 @@ def quickstart(session: nox.Session) -> None:
 
 
 @nox.session
+@_pruned
 def bench(session: nox.Session) -> None:
     """Every benchmark in bench/ (side by side with its anchor); not in the default run."""
     _install_local(session, _closure(PRESENT), {"infer": ("export",)})
@@ -232,6 +263,7 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+@_pruned
 def gpu(session: nox.Session) -> None:
     """CUDA checks (parity tests marked gpu + GPU benchmarks); needs an NVIDIA GPU."""
     _install_local(session, _closure(PRESENT), {"model": ("test", "triton")})
