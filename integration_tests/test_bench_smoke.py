@@ -9,18 +9,27 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import REPO, run
 
 BENCH = REPO / "bench"
 
 
-def test_generate_bench_runs_every_gptmed_row(tmp_path: Path) -> None:
-    out = tmp_path / "generate.json"
+@pytest.fixture(scope="module")
+def generate_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """bench/generate.py at its smallest: (its JSON report, its workdir with the tiny bundle)."""
+    tmp = tmp_path_factory.mktemp("generate")
+    out = tmp / "generate.json"
     smallest = "--size tiny --batches 2 --prompt-len 8 --new-tokens 4 --repeats 1 --threads 1 --skip hf cold"
-    args = [*smallest.split(), "--workdir", str(tmp_path / "work"), "--json", str(out)]
-    run(["python", str(BENCH / "generate.py"), *args], tmp_path, timeout=300)
-    report = json.loads(out.read_text())
+    args = [*smallest.split(), "--workdir", str(tmp / "work"), "--json", str(out)]
+    run(["python", str(BENCH / "generate.py"), *args], tmp, timeout=300)
+    return json.loads(out.read_text()), tmp / "work"
+
+
+def test_generate_bench_runs_every_gptmed_row(generate_run: tuple[dict[str, Any], Path]) -> None:
+    report, _ = generate_run
     rows = {r["engine"]: r for r in report["rows"]}
     assert set(rows) == {"onnxruntime fp32 (gptmed)", "onnxruntime int8 (gptmed)", "torch KV cache (gptmed)"}
     for row in rows.values():
@@ -28,6 +37,22 @@ def test_generate_bench_runs_every_gptmed_row(tmp_path: Path) -> None:
     prefill = {k: v for k, v in report["extra"].items() if k.startswith("prefill_ms_")}
     assert prefill and all(len(v) == 2 and min(v) > 0 for v in prefill.values()), prefill
     assert report["extra"]["bundle_mb"]["model.int8.onnx"] > 0
+
+
+def test_decode_ops_bench_times_every_kernel_of_the_tiny_bundle(
+    generate_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    bundle = generate_run[1] / "bundle-tiny"
+    smallest = "--batch 2 --prompt-len 8 --new-tokens 4 --threads 1"
+    stdout = run(
+        ["python", str(BENCH / "decode_ops.py"), "--bundle", str(bundle), *smallest.split()], tmp_path
+    ).stdout
+    anchors = re.findall(r"^(fp32|int8), batch 2: whole decode step \(anchor\) (\d+) µs", stdout, re.M)
+    assert [v for v, _ in anchors] == ["fp32", "int8"] and all(int(us) > 0 for _, us in anchors), stdout
+    fp32, int8 = stdout.split("\nint8, batch 2")
+    for kernel in ("GroupQueryAttention", "SkipLayerNormalization", "BiasGelu"):
+        assert f"| {kernel} |" in fp32 and f"| {kernel} |" in int8, stdout
+    assert "| MatMul |" in fp32 and "| DynamicQuantizeMatMul |" in int8, stdout
 
 
 def test_decode_attention_bench_agrees_with_groupqueryattention(tmp_path: Path) -> None:
