@@ -87,6 +87,10 @@ def test_manual_model_config_and_unknown_size() -> None:
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"stop": "\nQ:"}, "stop"),
         ({"seed": 1.5}, "seed"),
+        ({"seed": -1}, "seed"),  # numpy's generators take only non-negative seeds
+        ({"temperature": 10**400}, "temperature"),  # beyond float's range: not an OverflowError
+        ({"top_k": -(10**5000)}, "top_k"),  # its repr would raise: the message says its size
+        ({"max_length": -(10**5000)}, "max_length"),
     ],
 )
 def test_generation_config_errors_name_the_parameter(kwargs: dict, name: str) -> None:

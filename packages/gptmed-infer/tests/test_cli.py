@@ -118,6 +118,7 @@ def test_interactive(artifacts) -> None:  # type: ignore[no-untyped-def]
         (["--temperature", "nan"], "Error: temperature must be a finite number"),
         (["--top-p", "1.5"], "Error: top_p must be in (0, 1]"),
         (["--top-k", "-1"], "Error: top_k must be an integer >= 0"),
+        (["--seed", "-1"], "Error: seed must be an integer >= 0"),  # was numpy's traceback
         (["--max-length", "500"], "Error: prompt 0 has"),
     ],
 )

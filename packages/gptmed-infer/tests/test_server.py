@@ -21,7 +21,7 @@ KEY = "sk-test-0123456789"
 
 
 def _start(gen) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    cfg = ServerConfig(api_key=KEY, max_concurrency=1, max_queue=0, max_tokens=64, max_body=4096)
+    cfg = ServerConfig(api_key=KEY, max_concurrency=1, max_queue=0, max_tokens=64, max_body=8192)
     config = uvicorn.Config(
         create_app(gen, cfg), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
     )
@@ -185,6 +185,26 @@ def test_wrong_or_missing_key_is_401(server) -> None:  # type: ignore[no-untyped
             "invalid_value",
             "top_k",
         ),
+        # numpy's generators refuse negative seeds (a 500, or a stream that ended in an error event)
+        ("/v1/completions", '{"prompt": "hi", "seed": -1}', "invalid_value", "seed"),
+        ("/v1/completions", '{"prompt": "hi", "seed": -1, "stream": true}', "invalid_value", "seed"),
+        # an integer beyond float's range (OverflowError), one beyond 4,300 digits (ValueError in
+        # json.loads), nesting beyond the recursion limit (RecursionError): all under the body cap
+        ("/v1/completions", '{"prompt": "hi", "top_k": 1' + "0" * 400 + "}", "invalid_value", "top_k"),
+        (
+            "/v1/completions",
+            '{"prompt": "hi", "temperature": 1' + "0" * 400 + "}",
+            "invalid_value",
+            "temperature",
+        ),
+        ("/v1/completions", '{"prompt": "hi", "user": 1' + "0" * 4400 + "}", "invalid_json", None),
+        ("/v1/completions", '{"prompt": "hi", "x": ' + "[" * 3000 + "]" * 3000 + "}", "invalid_json", None),
+        (
+            "/v1/chat/completions",
+            '{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}',
+            "invalid_type",
+            "messages",
+        ),
     ],
 )
 def test_bad_requests_are_400_never_500(server, path, body, code, param) -> None:  # type: ignore[no-untyped-def]
@@ -200,7 +220,7 @@ def test_context_length_exceeded_by_max_tokens(server) -> None:  # type: ignore[
 
 
 def test_body_over_the_cap_is_413_before_parsing(server) -> None:  # type: ignore[no-untyped-def]
-    r = _post(server, "/v1/completions", b"x" * 5000)  # not even JSON: the size check comes first
+    r = _post(server, "/v1/completions", b"x" * 10_000)  # not even JSON: the size check comes first
     assert r.status_code == 413 and _error(r)["code"] == "request_too_large"
 
 

@@ -136,10 +136,22 @@ def get_config(size: str, vocab_size: int = 8000, max_seq_len: int = 512) -> Mod
     return builder(vocab_size=vocab_size, max_seq_len=max_seq_len)
 
 
+def _show(value: object) -> str:
+    """``repr(value)``, shortened for huge integers (the repr of one over 4,300 digits raises)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
+
+
 def _finite(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    number = math.nan
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() <= 1023:
+        number = float(value)  # wider ints overflow float
+    elif isinstance(value, float):
+        number = value
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {_show(value)}")
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,19 +170,21 @@ class GenerationConfig:
         if _finite("temperature", self.temperature) < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+            raise ConfigError(f"top_k must be an integer >= 0, got {_show(self.top_k)}")
         top_p = _finite("top_p", self.top_p)
         if not 0.0 < top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length <= 0:
-            raise ConfigError(f"max_length must be a positive integer, got {self.max_length!r}")
+            raise ConfigError(f"max_length must be a positive integer, got {_show(self.max_length)}")
         if _finite("repetition_penalty", self.repetition_penalty) <= 0:
             raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
             raise ConfigError(f"stop must be a sequence of non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ConfigError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise ConfigError(f"seed must be an integer >= 0 or None, got {_show(self.seed)}")
 
     def replace(self, **changes: Any) -> GenerationConfig:
         return replace(self, **changes)

@@ -113,16 +113,15 @@ def _number(body: dict[str, Any], name: str, kind: type) -> Any:
     value = body.get(name)
     if value is None:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise APIError(
-            400,
-            f"'{name}' must be a finite {'integer' if kind is int else 'number'}, got {value!r}",
-            param=name,
-            code="invalid_value",
+            400, f"'{name}' must be {what}, got {type(value).__name__}", param=name, code="invalid_type"
         )
+    if isinstance(value, int) and value.bit_length() > 64:  # float() of it may overflow, repr() may raise
+        raise APIError(400, f"'{name}' is out of range", param=name, code="invalid_value")
+    if not math.isfinite(value) or (kind is int and not float(value).is_integer()):
+        raise APIError(400, f"'{name}' must be {what}, got {value!r}", param=name, code="invalid_value")
     return kind(value)
 
 
@@ -175,6 +174,10 @@ class _Api:
             raise APIError(
                 400, f"request body is not valid JSON ({exc.msg} at line {exc.lineno})", code="invalid_json"
             ) from None
+        except ValueError:  # an integer literal over Python's 4,300-digit limit
+            raise APIError(400, "request body holds a number too long to read", code="invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
         if not isinstance(body, dict):
             raise APIError(400, "request body must be a JSON object", code="invalid_json")
         return body
@@ -269,7 +272,8 @@ class _Api:
                     )
                 content = m.get("content")
                 if isinstance(content, list):  # content parts: keep the text ones
-                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                    texts = (p.get("text", "") for p in content if isinstance(p, dict))
+                    content = "".join(_check_str(t, "messages") for t in texts)
                 content = _check_str(content, "messages")
                 if m["role"] == "user":
                     prompt = content  # the template is one question -> one answer: the last user turn
