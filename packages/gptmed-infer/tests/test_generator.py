@@ -141,6 +141,12 @@ def test_token_ids_out_of_range_are_refused(onnx_gen, bad) -> None:  # type: ign
         onnx_gen.generate_ids([bad], max_length=2)
 
 
+@pytest.mark.parametrize("bad", [[2, 5.5], [2, "5"], [2, 10**30]])
+def test_token_ids_that_are_not_integers_are_refused(onnx_gen, bad) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="prompt 0: token ids must be integers"):
+        onnx_gen.generate_ids([bad], max_length=2)
+
+
 def test_int8_variant_answers(artifacts) -> None:  # type: ignore[no-untyped-def]
     from gptmed.inference import TextGenerator
 

@@ -174,6 +174,9 @@ class TextGenerator:
         for n, ids in enumerate(prompts):
             if len(ids) == 0:
                 raise ConfigError(f"prompt {n} has no tokens")
+            kind = np.asarray(ids).dtype
+            if not (np.issubdtype(kind, np.integer) or kind == np.bool_):  # 5.5 would become 5 silently
+                raise ConfigError(f"prompt {n}: token ids must be integers, got an array of {kind}")
             lo, hi = min(ids), max(ids)
             if lo < 0 or hi >= vocab:
                 raise ConfigError(f"prompt {n}: token ids must be in [0, {vocab}), got min {lo}, max {hi}")

@@ -221,13 +221,12 @@ def load_dataset(
     if tok is not None and tok.is_file() and manifest.tokenizer_sha256:
         actual = sha256_file(tok)
         if actual != manifest.tokenizer_sha256:
-            log.warning(
-                "%s changed since %s was tokenized (sha256 %s..., metadata.json says %s...): checkpoints record "
-                "that path; re-tokenize the data with the current tokenizer before exporting",
-                tok,
-                train_p.parent,
-                actual[:12],
-                manifest.tokenizer_sha256[:12],
+            raise DataError(
+                f"{tok} changed since {train_p.parent} was tokenized (sha256 {actual[:12]}..., "
+                f"metadata.json says {manifest.tokenizer_sha256[:12]}...): the model would learn ids "
+                "that this tokenizer does not produce, and gptmed-generate refuses such a checkpoint",
+                where=str(meta),
+                hint="re-tokenize the data with the current tokenizer, or restore the tokenizer it was made with",
             )
     same_folder = val_p.parent.resolve() == train_p.parent.resolve()
     train = _split(
