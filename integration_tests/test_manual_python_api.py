@@ -31,7 +31,7 @@ MANUAL_5_2_AND_5_4 = MANUAL_5_2 + "\n" + MANUAL_5_4
 # The manual's "Custom Training Configuration" runs with two substitutions a CPU test needs:
 # device='cuda' -> 'cpu' (no GPU in CI), and max_steps=2 (15 epochs of `small` take hours on a CPU).
 _CUDA = re.compile(r"device=(['\"])cuda\1,")
-assert _CUDA.search(MANUAL_TRAINING_DOC) and "main(train_config)" in MANUAL_TRAINING_DOC
+assert _CUDA.search(MANUAL_TRAINING_DOC) and MANUAL_TRAINING_DOC.rstrip().endswith("\nmain()")
 MANUAL_TRAINING = re.sub(
     r"(\n\s*seed=42,?\n)\)", r"\1    max_steps=2,\n)", _CUDA.sub("device='cpu',", MANUAL_TRAINING_DOC)
 )
@@ -61,7 +61,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_custom_training_config_trains_with_main(workdir: Path) -> None:
     out = _python(MANUAL_TRAINING, workdir).stdout
-    assert "Training complete" in out
+    assert "main() got no config: training with the TrainingConfig built at" in out  # not the CLI's defaults
+    assert "Training complete" in out and "Stopped at --max-steps (2 steps)" in out
     assert (workdir / "model/checkpoints/best_model.pt").exists()
 
 

@@ -128,6 +128,56 @@ def test_main_with_a_config_object(dataset: Path, tmp_path: Path, capsys: pytest
     )
 
 
+_MANUAL_SCRIPT = """
+from gptmed.training.train import main
+from gptmed.configs.train_config import TrainingConfig
+
+train_config = TrainingConfig(
+    model_size="tiny", d_model=32, n_layers=2, n_heads=2, d_ff=64, batch_size=8, num_epochs=1,
+    train_data_path={train!r}, val_data_path={val!r}, checkpoint_dir={ckpt!r}, device="cpu", seed=1,
+){second}
+
+# Train
+main()
+"""
+
+
+def test_main_without_a_config_trains_with_the_one_the_script_built(dataset: Path, tmp_path: Path) -> None:
+    # The user manual's "Custom Training Configuration" builds a TrainingConfig, then calls main().
+    import subprocess
+    import sys
+
+    from train_helpers import subprocess_env
+
+    def script(second: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "custom_training.py"
+        text = _MANUAL_SCRIPT.format(
+            train=str(dataset),
+            val=str(dataset.with_name("val.npy")),
+            ckpt=str(tmp_path / "ck"),
+            second=second,
+        )
+        path.write_text(text, encoding="utf-8")
+        cmd = [sys.executable, str(path)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
+
+    done = script("")
+    assert done.returncode == 0, done.stderr
+    line = _MANUAL_SCRIPT.splitlines().index("train_config = TrainingConfig(") + 1
+    built_at = f"{tmp_path / 'custom_training.py'}:{line}"
+    assert f"main() got no config: training with the TrainingConfig built at {built_at}" in done.stdout
+    assert "Training complete!" in done.stdout and "Epoch 1/1" in done.stdout  # not the CLI's 10 epochs
+    import torch
+
+    saved = torch.load(tmp_path / "ck" / "best_model.pt", weights_only=True)["manifest"]
+    assert saved["training_config"]["batch_size"] == 8, saved["training_config"]
+
+    two = script("\nother = train_config.replace(num_epochs=2)\nthird = TrainingConfig(batch_size=4)")
+    assert two.returncode == 1 and "Traceback" not in two.stderr
+    assert two.stderr.startswith("Error: main() got no config and 2 TrainingConfigs were built"), two.stderr
+    assert "pass the one to train with: main(train_config)" in two.stderr
+
+
 def test_quick_test_with_synthetic_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(

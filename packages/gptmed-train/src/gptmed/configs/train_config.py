@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import weakref
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,32 @@ __all__ = ["LOSS_ON", "PRECISIONS", "TrainingConfig"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSS_ON = ("answer", "all")
+
+# TrainingConfigs that user code (not gptmed itself) built in this process, with the file:line that
+# built each: the manual's script builds one and then calls ``main()`` without it (see built_by_user).
+_BUILT_BY_USER: list[tuple[weakref.ref[TrainingConfig], str]] = []
+
+
+def _user_caller() -> str | None:
+    """``file:line`` of the code that is constructing a TrainingConfig, or None when that is gptmed's
+    own code (the CLI, ``replace``, ``from_dict``...) or dataclasses machinery."""
+    frame = sys._getframe(2)  # 0: here, 1: __post_init__, 2: the generated __init__ (or a caller)
+    while frame is not None and frame.f_code.co_name == "__init__":
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return None
+    module = str(frame.f_globals.get("__name__", ""))
+    if module.startswith("gptmed.") or module == "dataclasses":
+        return None
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def built_by_user() -> list[tuple[TrainingConfig, str]]:
+    """The TrainingConfigs user code built in this process that are still alive, oldest first, each
+    with the ``file:line`` that built it."""
+    alive = [(ref(), where) for ref, where in _BUILT_BY_USER]
+    return [(config, where) for config, where in alive if config is not None]
+
 
 # Fields that describe *where this run is* rather than *what is trained*: on resume they are never
 # taken from the checkpoint's saved config.
@@ -82,6 +110,9 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        where = _user_caller()
+        if where is not None:
+            _BUILT_BY_USER.append((weakref.ref(self), where))
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> None:
