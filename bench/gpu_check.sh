@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_check.sh            # results in $OUT (or ./gpu_check_results), logs on stdout
 #
-# On a CUDA machine: (1) pytest -m gpu (Triton kernel vs math in bf16/fp16/fp32, model under the
+# On a CUDA machine: (1) pytest -m gpu of gptmed-model (Triton kernel vs math in bf16/fp16/fp32, model under the
 # fused backend), (2) bench/attention.py (Triton vs SDPA flash, fwd and fwd+bwd, bf16, D=64/128,
 # T=512..8192, plus decode), (3) medium-model bf16 torch.compile training step (fused, then sdpa).
 # Without CUDA it runs the CPU path: the kernel parity tests under the Triton interpreter and
@@ -37,10 +37,13 @@ except Exception as e:
     print("triton missing:", e)
 PY
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  # time limits sum to < 300 s; the sdpa comparison runs only if time is left
+  # each step has its own limit; the sdpa comparison runs only if it can end by 285 s
   # the tests compile ~40 kernel variants: in parallel where pytest-xdist is installed (90 s -> ~30 s)
   xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
   step gpu_tests 120 "$PY" -m pytest packages/gptmed-model/tests -m gpu -q -p no:cacheprovider "${xdist[@]}"
+  # gptmed-train's gpu tests (a checkpoint saved on the GPU loads where there is none; ~20 s)
+  step train_gpu_tests 60 env PYTHONPATH="$PWD/packages/gptmed-train/src:$PYTHONPATH" \
+       "$PY" -m pytest packages/gptmed-train/tests -m gpu -q -p no:cacheprovider
   step attention_bench 80 "$PY" bench/attention.py --json "$RES/attention.json"
   step train_medium_fused 80 "$PY" bench/train_step.py --device cuda --bf16 --compile --no-hf \
        --model-size medium --batch-size 32 --seq-len 512 --steps 10 --dropout 0.0 --attention fused --json

@@ -165,6 +165,29 @@ def test_cuda_without_cuda_and_bad_precision(dataset: Path, tmp_path: Path) -> N
         train_model(tiny_config(dataset, tmp_path / "ck", device="tpu"))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_checkpoint_trained_on_a_gpu_loads_without_one(dataset: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from train_helpers import subprocess_env
+
+    ckpt = tmp_path / "ck"
+    train_model(tiny_config(dataset, ckpt, device="cuda", max_steps=2))
+    # the user manual's step 5.2: a plain torch.load, no map_location, on a machine without a GPU
+    code = (
+        "import torch; assert not torch.cuda.is_available(); "
+        f"state = torch.load({str(ckpt / 'best_model.pt')!r}); "
+        "assert all(t.device.type == 'cpu' for t in state['model_state_dict'].values())"
+    )
+    env = {**subprocess_env(), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    resumed = train_model(tiny_config(dataset, ckpt, device="cuda", max_steps=4, resume=True))
+    assert resumed.steps == 4  # and resuming on the GPU takes the CPU-saved state back to it
+
+
 def test_resume_refuses_other_model_vocab_or_data(dataset: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "ck"
     first = train_model(tiny_config(dataset, ckpt, max_steps=2))

@@ -62,6 +62,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     """
     p = Path(path)
     _check_plain(state, "state")
+    state = _on_cpu(state)
     try:
         with atomic_open(p, "wb") as fh:
             _serialize(state, fh)
@@ -75,6 +76,20 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
 
 
 _PLAIN = (int, float, bool, str, type(None))
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor on the CPU, so that a checkpoint saved during GPU training loads
+    on a machine without one by a plain ``torch.load`` (the user manual's step 5.2 passes no
+    ``map_location``). ``torch.save`` copies GPU tensors to the host anyway; resuming on a GPU
+    moves them back (``load_state_dict`` copies into the parameters' device)."""
+    if isinstance(value, torch.Tensor):
+        return value if value.device.type == "cpu" else value.detach().cpu()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    if type(value) is dict:
+        return {key: _on_cpu(item) for key, item in value.items()}
+    return value
 
 
 def _check_plain(value: Any, where: str) -> None:
