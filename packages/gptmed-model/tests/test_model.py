@@ -269,6 +269,28 @@ def test_clean_state_dict_and_unwrap() -> None:
     assert unwrap(torch.nn.DataParallel(model)) is model
 
 
+def test_checkpoint_of_another_shape_names_the_field_and_the_fix() -> None:
+    from gptmed.core import CheckpointError
+
+    trained = GPTTransformer(tiny(vocab=61)).state_dict()  # e.g. a 4000-piece tokenizer's model
+    wrapped = {f"_orig_mod.{k}": v for k, v in trained.items()}  # after the prefix strip too
+    for state in (trained, wrapped):
+        with pytest.raises(
+            CheckpointError, match="vocab_size 61 in the checkpoint, 97 in this model's config"
+        ) as err:
+            GPTTransformer(tiny()).load_state_dict(state)
+        assert "ModelConfig.from_dict(checkpoint['model_config'])" in str(err.value)
+    with pytest.raises(CheckpointError, match="d_model 64 in the checkpoint, 32 in this model's config"):
+        GPTTransformer(tiny(vocab=61, d_model=32, n_heads=2)).load_state_dict(trained)
+    with pytest.raises(CheckpointError, match="vocab_size 61 .*; d_model 64 in the checkpoint, 32"):
+        GPTTransformer(tiny(d_model=32, n_heads=2)).load_state_dict(trained)
+    with pytest.raises(
+        CheckpointError, match=r"blocks.0.mlp.fc.weight is \(128, 64\) in the checkpoint, \(96, 64\)"
+    ):
+        GPTTransformer(tiny(vocab=61, d_ff=96)).load_state_dict(trained)
+    GPTTransformer(tiny(vocab=61)).load_state_dict(trained)  # the same shape still loads
+
+
 def test_compile_on_cpu_and_state_dict_roundtrip() -> None:
     cfg = tiny(n_layers=1, d_model=32, n_heads=2, d_ff=64, vocab=61, seq=16)
     model = GPTTransformer(cfg).eval()

@@ -169,9 +169,10 @@ def build_model(config: ModelConfig, state_dict: Mapping[str, Any], source: str)
     clean = gm.clean_state_dict(state_dict) if hasattr(gm, "clean_state_dict") else dict(state_dict)
     try:
         model.load_state_dict(clean)
-    except RuntimeError as exc:
+    except (RuntimeError, CheckpointError) as exc:  # gptmed-model names shape mismatches itself
+        detail = exc.message if isinstance(exc, CheckpointError) else str(exc).splitlines()[0]
         raise CheckpointError(
-            f"weights do not fit the recorded model config ({str(exc).splitlines()[0][:200]})",
+            f"weights do not fit the recorded model config ({detail[:200]})",
             where=source,
             hint="the checkpoint is corrupt or was written by an incompatible gptmed-model",
         ) from None

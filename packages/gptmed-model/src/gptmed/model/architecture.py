@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from gptmed.core import CheckpointError
 from gptmed.core.config import ModelConfig
 from gptmed.model.attention import SegmentRuns, attention, plan_segments, runs_attention, segment_runs
 from gptmed.model.loss import linear_cross_entropy
@@ -186,6 +187,7 @@ class GPTTransformer(nn.Module):
             self.rope_sin = None
         self.reset_parameters()
         self._register_load_state_dict_pre_hook(self._strip_wrapper_prefixes)  # type: ignore[no-untyped-call]
+        self._register_load_state_dict_pre_hook(self._check_shapes, with_module=True)  # type: ignore[no-untyped-call]
 
     # -- init ------------------------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -210,6 +212,41 @@ class GPTTransformer(nn.Module):
             clean = next(iter(clean_state_dict({rest: None})))
             if clean != rest:
                 state_dict[prefix + clean] = state_dict.pop(key)
+
+    @staticmethod
+    def _check_shapes(module: GPTTransformer, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """A checkpoint of another shape (e.g. trained with a 4000-piece tokenizer, loaded into
+        ``get_small_config()``'s 8000): one error naming the config field and the fix, instead of
+        torch's list of size mismatches."""
+        own = {prefix + name: t for name, t in (*module.named_parameters(), *module.named_buffers())}
+        wrong = [
+            (key, tuple(value.shape), tuple(own[key].shape))
+            for key, value in state_dict.items()
+            if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape)
+        ]
+        if not wrong:
+            return
+        emb = prefix + "tok_emb.weight"
+        theirs = next((shape for key, shape, _ in wrong if key == emb), None)
+        cfg = module.config
+        pairs = (
+            []
+            if theirs is None
+            else [("vocab_size", theirs[0], cfg.vocab_size), ("d_model", theirs[1], cfg.d_model)]
+        )
+        differ = [
+            f"{name} {a} in the checkpoint, {b} in this model's config" for name, a, b in pairs if a != b
+        ]
+        if differ:
+            what = "; ".join(differ)
+        else:
+            key, shape, mine = wrong[0]
+            what = f"{key} is {shape} in the checkpoint, {mine} in this model"
+        raise CheckpointError(
+            f"the checkpoint does not fit this model: {what}; tensors of another shape: {len(wrong)}",
+            hint="build the model from the checkpoint's own config: "
+            "GPTTransformer(ModelConfig.from_dict(checkpoint['model_config']))",
+        )
 
     # -- facts -----------------------------------------------------------------------------------
     def num_parameters(self, non_embedding: bool = False) -> int:
