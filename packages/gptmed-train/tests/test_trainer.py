@@ -188,6 +188,25 @@ def test_checkpoint_trained_on_a_gpu_loads_without_one(dataset: Path, tmp_path: 
     assert resumed.steps == 4  # and resuming on the GPU takes the CPU-saved state back to it
 
 
+def test_a_new_run_in_a_folder_of_an_earlier_run_warns(
+    dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ckpt = tmp_path / "ck"
+    with caplog.at_level("WARNING", logger="gptmed.training.trainer"):
+        train_model(tiny_config(dataset, ckpt, max_steps=2))
+        assert "earlier run" not in caplog.text  # a fresh folder
+        train_model(tiny_config(dataset, ckpt, max_steps=4, resume=True))
+        assert "earlier run" not in caplog.text  # continuing it
+        train_model(tiny_config(dataset, ckpt, max_steps=2, batch_size=4))  # a retry with other flags
+    warned = [r.getMessage() for r in caplog.records if "earlier run" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert (
+        f"{ckpt} already holds" in warned[0]
+        and "pass --resume" in warned[0]
+        and "--checkpoint-dir" in warned[0]
+    )
+
+
 def test_resume_refuses_other_model_vocab_or_data(dataset: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "ck"
     first = train_model(tiny_config(dataset, ckpt, max_steps=2))

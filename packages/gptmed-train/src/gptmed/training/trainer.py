@@ -43,6 +43,7 @@ from gptmed.core import (
 )
 from gptmed.model import GPTTransformer, clean_state_dict, unwrap
 from gptmed.training.checkpoint import (
+    checkpoint_files,
     find_latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -200,6 +201,24 @@ def _versions() -> dict[str, str]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 24 else text[:12] + "…"
+
+
+def _warn_of_an_earlier_run(ckpt_dir: Path) -> None:
+    """A new run in a folder that holds another run's checkpoints overwrites its best_model.pt and
+    leaves its other files beside the new ones: say so before the first step, once."""
+    earlier = checkpoint_files(ckpt_dir)
+    best = ckpt_dir / "best_model.pt"
+    if not earlier and not best.is_file():
+        return
+    newest = earlier[0].name if earlier else best.name
+    log.warning(
+        "%s already holds %d checkpoint file(s) of an earlier run (newest %s): this new run replaces "
+        "its best_model.pt and same-named checkpoints. To continue that run pass --resume; to keep "
+        "it, use another --checkpoint-dir",
+        ckpt_dir,
+        len(earlier) + best.is_file(),
+        newest,
+    )
 
 
 def _check_resume_matches(
@@ -375,6 +394,8 @@ def train_model(
                             hint="drop --resume to start a new run, or pass --resume-from FILE",
                         )
                     resume_path, found_state = found
+                else:
+                    _warn_of_an_earlier_run(ckpt_dir)
             except BaseException as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if info.enabled:
