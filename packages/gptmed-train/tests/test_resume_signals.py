@@ -129,12 +129,28 @@ def test_signal_saves_and_resume_continues_at_the_next_step(
     assert found is not None
     stopped_at = int(found[1]["step"])
     assert stopped_at >= 2 and max(train_losses(ckpt)) == stopped_at
-    if sig == signal.SIGTERM:
-        return
     run_trainer(cli_args(tiny_config(dataset, ckpt, num_epochs=200, max_steps=stopped_at + 2, resume=True)))
     rows = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r["kind"] == "train"]
     assert steps == list(range(1, stopped_at + 3))  # continued at stopped_at + 1, nothing repeated
+
+
+def test_a_second_trainer_process_on_the_folder_is_refused(dataset: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ck"
+    first = _popen(cli_args(tiny_config(dataset, ckpt, num_epochs=200)))
+    try:
+        _wait_for_steps(ckpt, first, 1)
+        second = run_trainer(cli_args(tiny_config(dataset, ckpt, num_epochs=1)), check=False)
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.startswith(f"Error: another gptmed-train (pid {first.pid}) is already using"), (
+            second.stderr
+        )
+        assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first one trains on
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    assert first.returncode == 130
 
 
 def test_second_ctrl_c_exits_at_once(dataset: Path, tmp_path: Path) -> None:
