@@ -20,8 +20,8 @@ from gptmed.inference.server import ServerConfig, check_bind, create_app  # noqa
 KEY = "sk-test-0123456789"
 
 
-def _start(gen) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    cfg = ServerConfig(api_key=KEY, max_concurrency=1, max_queue=0, max_tokens=64, max_body=8192)
+def _start(gen, max_queue: int = 0) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    cfg = ServerConfig(api_key=KEY, max_concurrency=1, max_queue=max_queue, max_tokens=64, max_body=8192)
     config = uvicorn.Config(
         create_app(gen, cfg), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
     )
@@ -264,6 +264,48 @@ def test_over_the_concurrency_limit_is_fast_429_and_disconnect_stops_generation(
         url, "/v1/completions", json.dumps({"prompt": "What is fever?", "max_tokens": 5, "temperature": 0})
     )
     assert ok.status_code == 200
+
+
+def test_a_bounded_queue_serves_the_slot_and_the_queue_and_refuses_the_rest(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gptmed.inference import TextGenerator
+
+    class NeverEnds(_SlowBackend):
+        """EOS never wins: every request generates all its max_tokens, 25 ms a step."""
+
+        def prefill(self, ids, mask, capacity=None):  # type: ignore[no-untyped-def]
+            logits, state = super().prefill(ids, mask, capacity)
+            return self._no_eos(logits), state
+
+        def decode(self, state, tokens):  # type: ignore[no-untyped-def]
+            return self._no_eos(super().decode(state, tokens))
+
+        @staticmethod
+        def _no_eos(logits):  # type: ignore[no-untyped-def]
+            logits = logits.copy()
+            logits[:, onnx_gen.special_ids.eos] = -1e9
+            return logits
+
+    tokenizer = str(artifacts.bundle / "tokenizer.model")
+    gen = TextGenerator(model=NeverEnds(onnx_gen.backend), tokenizer_path=tokenizer)
+    # every request generates 40 tokens at >= 25 ms each (>= 1 s): all four arrive while the first runs
+    body = {"prompt": "What is fever?", "temperature": 0, "max_tokens": 40, "stop": ["zzzz"]}
+
+    def post(url: str, seed: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        r = _post(url, "/v1/completions", json.dumps({**body, "seed": seed}))
+        return r.status_code, time.perf_counter() - start
+
+    for url in _start(gen, max_queue=1):  # one running, one waiting
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(post, [url] * 4, range(4)))
+        codes = sorted(code for code, _ in results)
+        assert codes == [200, 200, 429, 429], results
+        refused = [secs for code, secs in results if code == 429]
+        served = [secs for code, secs in results if code == 200]
+        assert max(refused) < min(served) and max(refused) < 0.9, results  # refused at once
+        assert max(served) > 2.0, results  # the queued one waited for the running one
 
 
 def test_models_endpoint_and_unknown_route(server) -> None:  # type: ignore[no-untyped-def]
