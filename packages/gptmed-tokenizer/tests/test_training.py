@@ -141,3 +141,35 @@ def test_vocab_size_range_and_error_attributes(tmp_path: Path) -> None:
     with pytest.raises(VocabSizeError) as info:
         train_tokenizer(small, tmp_path / "t", vocab_size=lo - 1)
     assert (info.value.low, info.value.high) == (lo, hi)
+
+
+def test_byte_identical_across_processes(corpus: Path, tmp_path: Path) -> None:
+    """The manual's two commands, run twice in fresh processes with different hash seeds and thread
+    counts: the same tokenizer, the same .npy files, the same metadata.json, byte for byte."""
+    import os
+    import subprocess
+    import sys
+
+    def run_pipeline(hash_seed: str, threads: str) -> dict[str, bytes]:
+        work = tmp_path / "work"  # the same paths both times (metadata.json records the tokenizer's)
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": threads}
+        for args in (
+            ["gptmed.tokenizer.train_tokenizer", "--input", str(corpus), "--output-prefix", str(work / "tok"),
+             "--vocab-size", "400"],
+            ["gptmed.tokenizer.tokenize_data", "--input", str(corpus), "--tokenizer", str(work / "tok.model"),
+             "--output-dir", str(work / "data"), "--max-length", "64", "--stride", "32"],
+        ):  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", *args], env=env, check=True, capture_output=True, timeout=120
+            )
+        files = {
+            p.relative_to(work).as_posix(): p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file()
+        }
+        for p in sorted(work.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        return files
+
+    first, second = run_pipeline("1", "1"), run_pipeline("2", "2")
+    assert {"tok.model", "tok.vocab", "data/train.npy", "data/val.npy", "data/metadata.json"} <= set(first)
+    assert first.keys() == second.keys()
+    assert [name for name in first if first[name] != second[name]] == []
