@@ -64,6 +64,21 @@ def _gqa_model(b: int, h: int, d: int, cap: int) -> Any:
     return helper.make_model(graph, opset_imports=opsets)
 
 
+def _gqa_binding(sess: Any, qkv: np.ndarray, past_k: Any, past_v: Any, keys: int) -> Any:
+    """An IOBinding of ``_gqa_model``: rows hold ``keys - 1`` cached keys and append one; the cache
+    OrtValues are bound as past and present (one buffer, appended in place, as the runtime does)."""
+    bind = sess.io_binding()
+    bind.bind_cpu_input("qkv", qkv)
+    bind.bind_ortvalue_input("past_k", past_k)
+    bind.bind_ortvalue_input("past_v", past_v)
+    bind.bind_cpu_input("seqlens_k", np.full(qkv.shape[0], keys - 1, np.int32))
+    bind.bind_cpu_input("total_len", np.array(keys, np.int32))
+    bind.bind_ortvalue_output("present_k", past_k)
+    bind.bind_ortvalue_output("present_v", past_v)
+    bind.bind_output("out")
+    return bind
+
+
 def _standard_model(b: int, h: int, d: int, cap: int) -> Any:
     nodes = [
         helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
@@ -126,15 +141,7 @@ def main() -> None:
         q = np.ascontiguousarray(qkv[..., : h * d].reshape(b, 1, h, d).transpose(0, 2, 1, 3))
         for keys in (n for n in args.keys if n <= cap):
             past_k, past_v = (ort.OrtValue.ortvalue_from_numpy(a.copy()) for a in (k, v))
-            bind = gqa.io_binding()
-            bind.bind_cpu_input("qkv", qkv)
-            bind.bind_ortvalue_input("past_k", past_k)
-            bind.bind_ortvalue_input("past_v", past_v)
-            bind.bind_cpu_input("seqlens_k", np.full(b, keys - 1, np.int32))
-            bind.bind_cpu_input("total_len", np.array(keys, np.int32))
-            bind.bind_ortvalue_output("present_k", past_k)  # one buffer as past and present
-            bind.bind_ortvalue_output("present_v", past_v)
-            bind.bind_output("out")
+            bind = _gqa_binding(gqa, qkv, past_k, past_v, keys)
             t_gqa = _best_us(lambda: gqa.run_with_iobinding(bind))  # noqa: B023 (called in this iteration)
             mask = np.zeros((b, 1, 1, cap), np.float32)
             mask[..., keys:] = -1e9

@@ -37,7 +37,7 @@ from gptmed.inference.graph import kv_head_dim
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_attention import _best_us, _gqa_model, _session
+from decode_attention import _best_us, _gqa_binding, _gqa_model, _session
 
 F32 = TensorProto.FLOAT
 ROW_OPS = {
@@ -114,15 +114,8 @@ def time_gqa(heads: int, head_dim: int, batch: int, keys: int, capacity: int, th
     past_k, past_v = (
         ort.OrtValue.ortvalue_from_numpy(rng.standard_normal(cache, dtype=np.float32)) for _ in "kv"
     )
-    bind = sess.io_binding()
-    bind.bind_cpu_input("qkv", rng.standard_normal((batch, 1, 3 * heads * head_dim), dtype=np.float32))
-    bind.bind_ortvalue_input("past_k", past_k)
-    bind.bind_ortvalue_input("past_v", past_v)
-    bind.bind_cpu_input("seqlens_k", np.full(batch, keys - 1, np.int32))  # the same keys every call
-    bind.bind_cpu_input("total_len", np.array(keys, np.int32))
-    bind.bind_ortvalue_output("present_k", past_k)
-    bind.bind_ortvalue_output("present_v", past_v)
-    bind.bind_output("out")
+    qkv = rng.standard_normal((batch, 1, 3 * heads * head_dim), dtype=np.float32)
+    bind = _gqa_binding(sess, qkv, past_k, past_v, keys)  # the same keys every call
     return _best_us(lambda: sess.run_with_iobinding(bind), calls=500)
 
 
