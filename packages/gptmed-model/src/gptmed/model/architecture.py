@@ -226,22 +226,16 @@ class GPTTransformer(nn.Module):
         ]
         if not wrong:
             return
-        emb = prefix + "tok_emb.weight"
-        theirs = next((shape for key, shape, _ in wrong if key == emb), None)
         cfg = module.config
-        pairs = (
-            []
-            if theirs is None
-            else [("vocab_size", theirs[0], cfg.vocab_size), ("d_model", theirs[1], cfg.d_model)]
-        )
-        differ = [
-            f"{name} {a} in the checkpoint, {b} in this model's config" for name, a, b in pairs if a != b
-        ]
-        if differ:
-            what = "; ".join(differ)
-        else:
-            key, shape, mine = wrong[0]
-            what = f"{key} is {shape} in the checkpoint, {mine} in this model"
+        differ = []
+        theirs = next((shape for key, shape, _ in wrong if key == prefix + "tok_emb.weight"), None)
+        if theirs is not None:  # (vocab_size, d_model): the settings users change
+            pairs = (("vocab_size", theirs[0], cfg.vocab_size), ("d_model", theirs[1], cfg.d_model))
+            differ = [
+                f"{name} {a} in the checkpoint, {b} in this model's config" for name, a, b in pairs if a != b
+            ]
+        key, shape, mine = wrong[0]
+        what = "; ".join(differ) or f"{key} is {shape} in the checkpoint, {mine} in this model"
         raise CheckpointError(
             f"the checkpoint does not fit this model: {what}; tensors of another shape: {len(wrong)}",
             hint="build the model from the checkpoint's own config: "
