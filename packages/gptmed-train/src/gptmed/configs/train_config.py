@@ -112,6 +112,7 @@ class TrainingConfig:
         self.validate()
         where = _user_caller()
         if where is not None:
+            _BUILT_BY_USER[:] = [(ref, w) for ref, w in _BUILT_BY_USER if ref() is not None]  # drop the dead
             _BUILT_BY_USER.append((weakref.ref(self), where))
 
     # ------------------------------------------------------------------------------------------
