@@ -174,10 +174,10 @@ class TextGenerator:
         for n, ids in enumerate(prompts):
             if len(ids) == 0:
                 raise ConfigError(f"prompt {n} has no tokens")
-            kind = np.asarray(ids).dtype
-            if not (np.issubdtype(kind, np.integer) or kind == np.bool_):  # 5.5 would become 5 silently
-                raise ConfigError(f"prompt {n}: token ids must be integers, got an array of {kind}")
-            lo, hi = min(ids), max(ids)
+            arr = np.asarray(ids)
+            if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):  # 5.5 would become 5
+                raise ConfigError(f"prompt {n}: token ids must be integers, got an array of {arr.dtype}")
+            lo, hi = int(arr.min()), int(arr.max())
             if lo < 0 or hi >= vocab:
                 raise ConfigError(f"prompt {n}: token ids must be in [0, {vocab}), got min {lo}, max {hi}")
             if len(ids) + cfg.max_length > ctx:
