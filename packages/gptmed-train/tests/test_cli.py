@@ -159,7 +159,9 @@ def test_main_without_a_config_trains_with_the_one_the_script_built(dataset: Pat
         )
         path.write_text(text, encoding="utf-8")
         cmd = [sys.executable, str(path)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=120, env=subprocess_env(), cwd=tmp_path
+        )
 
     done = script("")
     assert done.returncode == 0, done.stderr
