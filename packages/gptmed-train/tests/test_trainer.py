@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,8 +32,7 @@ def test_run_writes_epoch_checkpoints_best_and_metrics(dataset: Path, tmp_path: 
     result = train_model(tiny_config(dataset, ckpt, num_epochs=3, keep_last=2, eval_every=4))
     assert result.stopped == "completed" and result.steps == 18 and result.epoch == 3  # 48 rows / 8
     names = sorted(p.name for p in ckpt.iterdir())
-    assert names == [
-        ".lock",
+    assert names == [  # no .lock: the run removed it when it ended
         "best_model.pt",
         "checkpoint_epoch_2.pt",
         "checkpoint_epoch_3.pt",
@@ -142,6 +142,49 @@ def test_two_trainers_on_one_folder(dataset: Path, tmp_path: Path) -> None:
     ):
         train_model(tiny_config(dataset, ckpt, max_steps=1))
     train_model(tiny_config(dataset, ckpt, max_steps=1))  # free again once released
+
+
+def test_a_run_that_fails_before_saving_leaves_nothing_behind(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "d", n_train=5)  # fewer rows than a batch: fails after locking
+    ckpt = tmp_path / "new" / "ck"
+    with pytest.raises(DataError, match="fewer than one step's batch"):
+        train_model(tiny_config(data, ckpt))
+    assert not (tmp_path / "new").exists()  # the folders the run made, and its .lock, are gone
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(DataError):
+        train_model(tiny_config(data, kept))
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]  # a folder the user made stays
+
+
+def test_the_lock_taken_on_a_removed_file_is_retaken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second process opens .lock, the holder releases (removing the file), then the second
+    flocks the removed file: it must notice and lock the file at the path, or a third process
+    could take the folder too. The interleaving is forced by releasing inside the first flock."""
+    import fcntl
+
+    first = FolderLock(tmp_path)
+    first.acquire()
+    real_flock = fcntl.flock
+    calls = []
+
+    def flock_after_release(fd: int, op: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            first.release()  # between the second's open and its flock
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_release)
+    second = FolderLock(tmp_path)
+    second.acquire()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    assert len(calls) == 2  # locked the removed file, saw it, took the new one
+    assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(TrainingError, match="already using"):
+        FolderLock(tmp_path).acquire()  # the file at the path is the one held
+    second.release()
+    assert not (tmp_path / ".lock").exists()
 
 
 def test_dataset_smaller_than_a_batch(tmp_path: Path) -> None:
