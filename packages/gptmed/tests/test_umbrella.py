@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gptmed.cli.main import component_commands, main
+from gptmed.cli.main import _COMPONENTS, component_commands, main
 from gptmed.cli.pipeline import choose_max_length, choose_vocab_size
 from gptmed.cli.steps import Step, StepRunner
 from gptmed.core import QAPair, write_qa_text
@@ -30,11 +31,39 @@ def test_help_lists_the_installed_components_without_importing_them() -> None:
             assert name in installed
 
 
-def test_component_command_runs_through_the_umbrella() -> None:
-    if "data" not in component_commands():
-        pytest.skip("gptmed-data is not installed")
-    result = CliRunner().invoke(main, ["data", "--help"])
-    assert result.exit_code == 0 and "convert" in result.output
+def test_every_component_command_runs_through_the_umbrella() -> None:
+    installed = component_commands()
+    if not installed:
+        pytest.skip("no gptmed component is installed")
+    for name in installed:  # `gptmed tokenizer` and `gptmed train` said "No such command" once
+        result = CliRunner().invoke(main, [name, "-h"], prog_name="gptmed")
+        assert result.exit_code == 0, (name, result.output)
+        assert result.output.startswith(f"Usage: gptmed {name} "), result.output
+    if "data" in installed:
+        assert "convert" in CliRunner().invoke(main, ["data", "--help"]).output
+
+
+def test_each_console_script_has_its_umbrella_command() -> None:
+    """A component's console scripts gptmed-X and its gptmed.commands entry points X match."""
+    for dist_name in _COMPONENTS:
+        try:
+            dist = md.distribution(dist_name)
+        except md.PackageNotFoundError:
+            continue
+        scripts = {ep.name for ep in dist.entry_points if ep.group == "console_scripts"}
+        commands = {f"gptmed-{ep.name}" for ep in dist.entry_points if ep.group == "gptmed.commands"}
+        assert scripts == commands, dist_name
+
+
+def test_cli_reference_has_every_command_with_its_own_help_options() -> None:
+    result = CliRunner().invoke(main, ["cli-reference"])
+    assert result.exit_code == 0, result.output
+    sections = re.findall(r"^#+ `([^`]+)`\n\n```text\n(.*?)```", result.output, flags=re.M | re.S)
+    titles = [title for title, _ in sections]
+    for name in component_commands():
+        assert f"gptmed {name}" in titles and f"gptmed-{name}" in titles, name
+    for title, text in sections:  # every command here takes -h (the reference once dropped it)
+        assert "  -h, --help " in text, title
 
 
 def test_vocab_choice_scales_with_distinct_words(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The umbrella ``gptmed`` command: ``pipeline``, ``quickstart``, and every installed component's CLI.
 
-Component commands are found from the installed gptmed distributions' console scripts
-(``gptmed-data`` becomes ``gptmed data``), so an install with only some components lists only
-what it has. They load lazily: ``gptmed --help`` imports neither torch nor onnxruntime.
+Component commands are found from the installed gptmed distributions' ``gptmed.commands`` entry
+points (each names the click command behind a console script: ``gptmed-data`` is ``gptmed data``),
+so an install with only some components lists only what it has. They load lazily: ``gptmed --help``
+imports neither torch nor onnxruntime.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ _SHORT = {
 
 
 def component_commands() -> dict[str, tuple[md.EntryPoint, str]]:
-    """Installed component CLIs: subcommand name -> (console-script entry point, distribution summary)."""
+    """Installed component CLIs: subcommand name -> (its ``gptmed.commands`` entry point, the
+    distribution summary). The console script ``gptmed-NAME`` runs the same click command."""
     found: dict[str, tuple[md.EntryPoint, str]] = {}
     for dist_name in _COMPONENTS:
         try:
@@ -38,9 +40,19 @@ def component_commands() -> dict[str, tuple[md.EntryPoint, str]]:
             continue
         summary = dist.metadata["Summary"] or dist_name
         for ep in dist.entry_points:
-            if ep.group == "console_scripts" and ep.name.startswith("gptmed-"):
-                found[ep.name.removeprefix("gptmed-")] = (ep, summary)
+            if ep.group == "gptmed.commands":
+                found[ep.name] = (ep, summary)
     return dict(sorted(found.items()))
+
+
+def _load(name: str, ep: md.EntryPoint) -> click.Command:
+    loaded = ep.load()
+    if not isinstance(loaded, click.Command):
+        raise click.ClickException(
+            f"the gptmed.commands entry point {name!r} ({ep.value}) is not a click command; "
+            "reinstall that gptmed component"
+        )
+    return loaded
 
 
 class _Umbrella(click.Group):
@@ -56,8 +68,7 @@ class _Umbrella(click.Group):
         entry = component_commands().get(cmd_name)
         if entry is None:
             return None
-        loaded = entry[0].load()
-        return loaded if isinstance(loaded, click.Command) else None
+        return _load(cmd_name, entry[0])
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(n, cmd.get_short_help_str(60)) for n, cmd in sorted(self.commands.items()) if not cmd.hidden]
@@ -146,8 +157,6 @@ def cli_reference() -> None:
     from gptmed.cli.reference import render_cli_reference
 
     commands: dict[str, click.Command] = {"gptmed": main}
-    for ep, _ in component_commands().values():
-        loaded = ep.load()
-        if isinstance(loaded, click.Command):
-            commands[ep.name] = loaded
+    for name, (ep, _) in component_commands().items():
+        commands[f"gptmed-{name}"] = _load(name, ep)  # its console script's name
     click.echo(render_cli_reference(commands), nl=False)

@@ -17,30 +17,29 @@ Generated from the commands' own `--help` by `gptmed cli-reference > docs/cli-re
 """
 
 
-def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
-    found = [(path, cmd)]
+def _walk(cmd: click.Command, ctx: click.Context) -> list[tuple[click.Context, click.Command]]:
+    """``cmd`` and its visible subcommands, depth first, each with the context it runs in (which
+    carries the command's ``context_settings``, e.g. ``-h``, and inherits its parents')."""
+    found = [(ctx, cmd)]
     if isinstance(cmd, click.Group):
-        ctx = click.Context(cmd, info_name=path[-1])
         for name in cmd.list_commands(ctx):
             sub = cmd.get_command(ctx, name)
             if sub is not None and not sub.hidden:
-                found.extend(_walk(sub, [*path, name]))
+                found.extend(_walk(sub, _context(sub, name, ctx)))
     return found
 
 
-def _help(cmd: click.Command, path: list[str]) -> str:
-    parent: click.Context | None = None
-    for name in path[:-1]:
-        parent = click.Context(click.Group(name), info_name=name, parent=parent)
-    ctx = click.Context(cmd, info_name=path[-1], parent=parent, terminal_width=100, max_content_width=100)
-    return cmd.get_help(ctx)
+def _context(cmd: click.Command, name: str, parent: click.Context | None) -> click.Context:
+    settings = {**cmd.context_settings, "terminal_width": 100, "max_content_width": 100}
+    return click.Context(cmd, info_name=name, parent=parent, **settings)
 
 
 def render_cli_reference(commands: dict[str, click.Command]) -> str:
     """Markdown with every command's and subcommand's help, for the given top-level commands."""
     parts = [_HEADER]
     for top in sorted(commands):
-        for path, cmd in _walk(commands[top], [top]):
-            level = "##" if len(path) == 1 else "###"
-            parts.append(f"{level} `{' '.join(path)}`\n\n```text\n{_help(cmd, path).rstrip()}\n```\n")
+        for ctx, cmd in _walk(commands[top], _context(commands[top], top, None)):
+            level = "##" if ctx.parent is None else "###"
+            help_text = cmd.get_help(ctx).rstrip()
+            parts.append(f"{level} `{ctx.command_path}`\n\n```text\n{help_text}\n```\n")
     return "\n".join(parts)
