@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from gptmed.inference import TextGenerator
 from gptmed.inference.backends import OnnxBackend
+from gptmed.inference.cli import main as infer_cli
 
 
 @pytest.mark.parametrize(("batch", "prompt", "steps"), [(1, 1, 3), (3, 7, 5), (2, 20, 12)])
@@ -185,3 +187,5 @@ def test_bundle_of_another_graph_layout_is_refused(artifacts, tmp_path: Path) ->
     (out / "gptmed.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="graph layout is None.*re-export"):
         TextGenerator.from_bundle(out)
+    info = CliRunner().invoke(infer_cli, ["info", str(out)])  # "verify a bundle" says so too
+    assert info.exit_code == 1 and "graph layout is None" in info.output, info.output

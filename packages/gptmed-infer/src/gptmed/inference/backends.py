@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from gptmed.core import BundleError, ModelConfig
 from gptmed.inference.bundle import Bundle
-from gptmed.inference.graph import GRAPH_LAYOUT, kv_head_dim
+from gptmed.inference.graph import kv_head_dim
 
 __all__ = ["Backend", "OnnxBackend", "position_ids_from_mask"]
 
@@ -112,13 +112,6 @@ class OnnxBackend:
 
         self.bundle = bundle
         self.config = bundle.manifest.model_config
-        layout = bundle.manifest.extra.get("graph_layout")
-        if layout != GRAPH_LAYOUT:
-            raise BundleError(
-                f"the bundle's graph layout is {layout!r}; this gptmed-infer runs {GRAPH_LAYOUT!r}",
-                where=str(bundle.root),
-                hint="re-export it: gptmed-infer export --checkpoint CKPT --out BUNDLE",
-            )
         try:
             self.session = ort.InferenceSession(
                 bundle.model_bytes, sess_options=_session_options(threads), providers=["CPUExecutionProvider"]

@@ -24,6 +24,7 @@ from gptmed.core import BundleError, BundleManifest, sha256_file
 __all__ = [
     "BUNDLE_MANIFEST",
     "GENAI_CONFIG",
+    "GRAPH_LAYOUT",
     "MODEL_FILE",
     "MODEL_INT8_FILE",
     "TOKENIZER_FILE",
@@ -40,6 +41,8 @@ MODEL_FILE = "model.onnx"
 MODEL_INT8_FILE = "model.int8.onnx"
 TOKENIZER_FILE = "tokenizer.model"
 GENAI_CONFIG = "genai_config.json"
+# recorded in gptmed.json (extra.graph_layout); load_bundle refuses a graph laid out otherwise
+GRAPH_LAYOUT = "gqa-shared-kv-right-padded/2"  # /2: num_logits_to_keep
 
 
 def expected_io_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -179,6 +182,13 @@ def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify
             f"(inputs {manifest.inputs[:4]}..., outputs {manifest.outputs[:3]}...)",
             where=str(manifest_path),
             hint="re-export the bundle with this version of gptmed-infer",
+        )
+    layout = manifest.extra.get("graph_layout")
+    if layout != GRAPH_LAYOUT:
+        raise BundleError(
+            f"the bundle's graph layout is {layout!r}; this gptmed-infer runs {GRAPH_LAYOUT!r}",
+            where=str(root),
+            hint="re-export it: gptmed-infer export --checkpoint CKPT --out BUNDLE",
         )
     _log.debug("bundle %s verified (%s, %d files)", root, model_file, len(manifest.files))
     return Bundle(root, manifest, model_file, data, tokenizer_path)

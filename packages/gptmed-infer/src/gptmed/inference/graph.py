@@ -36,13 +36,11 @@ from typing import Any
 
 import numpy as np
 from gptmed.core import ModelConfig
-from gptmed.inference.bundle import expected_io_names
+from gptmed.inference.bundle import GRAPH_LAYOUT, expected_io_names
 
 __all__ = ["GRAPH_LAYOUT", "LN_EPS", "OPSET", "build_graph", "kv_head_dim"]
 
 OPSET = 17
-# recorded in gptmed.json (extra.graph_layout); a runtime refuses a graph laid out otherwise
-GRAPH_LAYOUT = "gqa-shared-kv-right-padded/2"  # /2: num_logits_to_keep
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which GPTTransformer uses
 
 
