@@ -66,7 +66,9 @@ def test_crlf_split_across_read_chunks(tmp_path: Path) -> None:
         ("A: Answer first.\n", 1, "an answer before any question"),
         ("stray words\nQ: a?\nA: b.\n", 1, "a line outside any Q&A record"),
         ("Q: a?\nA: b.\nA: c.\n", 3, "a second 'A:' line"),
-        ("Q: a?\nA:   \n", 1, "empty answer"),
+        ("Q: a?\nA:   \n", 2, "empty answer"),  # the line of the empty A:
+        ("Q: a\nA: b\n\nQ: c\nA:\n", 5, "empty answer"),
+        ("Q:  \nA: b\n", 1, "empty question"),
     ],
 )
 def test_syntax_errors_name_the_line(tmp_path: Path, text: str, line: int, what: str) -> None:

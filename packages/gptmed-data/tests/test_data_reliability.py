@@ -197,7 +197,7 @@ def test_nul_in_sqlite_text_is_removed(tmp_path):
         ("Q: one?\nA: yes.\n\nstray text here\n", 2, None),
         ("hello\nQ: one?\nA: yes.\n", 1, "a line outside any Q&A record"),
         ("Q: one?\nA: yes.\nA: again\n", 3, "a second 'A:' line"),
-        ("Q: one?\nA:   \n\nQ: two?\nA: fine.\n", 1, "empty answer"),
+        ("Q: one?\nA:   \n\nQ: two?\nA: fine.\n", 2, "empty answer"),
     ],
 )
 def test_txt_errors_name_the_line_or_skip_and_count(write, tmp_path, text, line, what):

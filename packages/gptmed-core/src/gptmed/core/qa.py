@@ -105,7 +105,8 @@ def iter_qa_lines(lines: Iterable[str], source: str = "<text>") -> Iterator[tupl
     """
     question: list[str] | None = None
     answer: list[str] | None = None
-    start = 0
+    start = 0  # line of the record's Q:
+    a_line = 0  # line of its A:
     blanks = 0
     lineno = 0
 
@@ -122,7 +123,7 @@ def iter_qa_lines(lines: Iterable[str], source: str = "<text>") -> Iterator[tupl
         if not normalize_text(q):
             raise DataError("empty question", where=f"{source}:{start}", hint="write text after 'Q: '")
         if not normalize_text(a):
-            raise DataError("empty answer", where=f"{source}:{start}", hint="write text after 'A: '")
+            raise DataError("empty answer", where=f"{source}:{a_line}", hint="write text after 'A: '")
         return start, QAPair(q, a)
 
     for lineno, raw in enumerate(lines, start=1):
@@ -148,7 +149,7 @@ def iter_qa_lines(lines: Iterable[str], source: str = "<text>") -> Iterator[tupl
         if line.startswith(_A) and answer is None:
             if blanks:
                 question.extend([""] * blanks)
-            answer, blanks = [line[2:].removeprefix(" ")], 0
+            answer, a_line, blanks = [line[2:].removeprefix(" ")], lineno, 0
             continue
         if line.startswith(_A):
             raise DataError(
