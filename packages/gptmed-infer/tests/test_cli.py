@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gptmed.inference.cli import generate_main, main
+from gptmed.inference.cli import _sampling, generate_main, main
 
 
 def _run(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -100,6 +100,34 @@ def test_prompts_from_stdin_give_qa_text(artifacts) -> None:  # type: ignore[no-
         ],
     )
     assert json.loads(r.output) == {"prompt": "What is fever?", "answer": "A body temperature above"}
+
+
+def test_a_prompts_file_of_one_question_gives_qa_text_and_drops_a_bom(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    one = tmp_path / "one.txt"
+    one.write_bytes("\ufeffWhat is fever?\n".encode())  # as Windows Notepad saves it
+    args = ["--checkpoint", str(artifacts.bundle), "--temperature", "0", "--prompts-file", str(one)]
+    r = CliRunner().invoke(generate_main, args)
+    assert r.exit_code == 0, r.output
+    assert r.output == "Q: What is fever?\nA: A body temperature above 38 degrees.\n\n"  # was the bare answer
+    r = CliRunner().invoke(generate_main, [*args, "--json"])
+    assert json.loads(r.output)["prompt"] == "What is fever?"
+
+
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [("é", "é"), ("Ответ", "Ответ"), ("\\nQ:", "\nQ:"), ("\\", "\\"), ("\\x", "\\x"), ("a\\\\n", "a\\n")],
+)
+def test_stop_values_keep_their_text_and_only_known_escapes(stop: str, expected: str) -> None:
+    assert _sampling({"stop": (stop,)})["stop"] == (expected,)  # 'é' became 'Ã©'; '\\' raised
+
+
+def test_stop_with_a_lone_backslash_answers(artifacts) -> None:  # type: ignore[no-untyped-def]
+    args = ["--checkpoint", str(artifacts.bundle), "--temperature", "0", "--prompt", "What is fever?"]
+    r = _run(["gptmed-generate", *args, "--stop", "\\"], artifacts.root)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout == "A body temperature above 38 degrees.\n"
+    r = _run(["gptmed-generate", *args, "--stop", "température"], artifacts.root)
+    assert r.stdout == "A body temperature above 38 degrees.\n"
 
 
 def test_interactive(artifacts) -> None:  # type: ignore[no-untyped-def]

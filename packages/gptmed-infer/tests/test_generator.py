@@ -80,6 +80,14 @@ def test_same_seed_same_text(onnx_gen) -> None:  # type: ignore[no-untyped-def]
     assert len(set(a)) > 1  # high temperature: different seeds give different text
 
 
+def test_a_seeded_question_gets_one_answer_alone_in_a_batch_or_streamed(onnx_gen) -> None:  # type: ignore[no-untyped-def]
+    kw = {"temperature": 1.2, "top_k": 0, "top_p": 1.0, "seed": 5, "max_length": 20}
+    alone = [onnx_gen.generate(q, **kw) for q in QUESTIONS]
+    assert onnx_gen.generate_batch(QUESTIONS, **kw) == alone  # was: one generator for the batch
+    assert onnx_gen.generate_batch(QUESTIONS[::-1], **kw) == alone[::-1]
+    assert ["".join(onnx_gen.stream(q, **kw)) for q in QUESTIONS] == alone
+
+
 def test_stream_pieces_add_up_to_generate(onnx_gen) -> None:  # type: ignore[no-untyped-def]
     for q in ("Tell me about 腎臓.", "Tell me about café au lait spot."):
         pieces = list(onnx_gen.stream(q, temperature=0.0))

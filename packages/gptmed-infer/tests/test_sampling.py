@@ -100,3 +100,30 @@ def test_repetition_penalty_discourages_seen_tokens() -> None:
     s = Sampler(GenerationConfig(temperature=0.0, repetition_penalty=2.0), 1, 4, history=[[0]])
     assert int(s.next_tokens(x)[0]) == 1  # 2.0 / 2 = 1.0 < 1.9
     assert int(s.next_tokens(x)[0]) == 0  # both seen now: 1.0 > 0.95 > 0.5
+
+
+def test_each_row_draws_alone_so_batch_size_does_not_change_seeded_tokens() -> None:
+    """A seeded row samples the same tokens alone as in a batch (one generator per row)."""
+    x = _logits(batch=4, vocab=200, seed=5)
+    batch = Sampler(GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=3), 4, 200)
+    together = np.stack([batch.next_tokens(x) for _ in range(12)], axis=1)  # (4, 12)
+    for row in range(4):
+        alone = Sampler(GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=3), 1, 200)
+        assert [int(alone.next_tokens(x[row : row + 1])[0]) for _ in range(12)] == together[row].tolist()
+
+
+@pytest.mark.parametrize("temperature", [1e-50, 5e-324, 1e-30])
+def test_a_tiny_temperature_is_greedy_not_nan(temperature: float) -> None:
+    x = _logits(batch=3, vocab=50, seed=1)
+    with np.errstate(all="raise"):  # no divide-by-zero, NaN or warning on the way
+        s = Sampler(GenerationConfig(temperature=temperature, top_k=0, top_p=1.0, seed=0), 3, 50)
+        assert s.next_tokens(x).tolist() == np.argmax(x, axis=-1).tolist()
+
+
+def test_a_tiny_repetition_penalty_gives_valid_tokens() -> None:
+    x = np.array([[2.0, 1.9, -1.0, 0.5]], dtype=np.float32)
+    s = Sampler(GenerationConfig(temperature=1.0, repetition_penalty=1e-300, seed=0), 1, 4, history=[[0, 1]])
+    with np.errstate(all="raise"):  # and no numpy warning reaches the user
+        tokens = [int(s.next_tokens(x)[0]) for _ in range(5)]
+    assert tokens[0] == 0  # the boosted seen token wins outright; nothing NaN
+    assert all(0 <= t < 4 for t in tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,14 +60,23 @@ def _read_prompts(source: str) -> list[str]:
             raise GptmedError(
                 f"not valid UTF-8 (byte offset {exc.start})", where=source, hint="save it as UTF-8"
             ) from None
+    text = text.removeprefix("\ufeff")  # a BOM (Windows editors) is not part of the first question
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def _unescape(text: str) -> str:
+    """``\\n``, ``\\t``, ``\\r`` and ``\\\\`` in a --stop value; any other backslash stays as typed."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text)
 
 
 def _sampling(ctx_params: dict[str, Any]) -> dict[str, Any]:
     keys = ("max_length", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
     params = {k: ctx_params[k] for k in keys if ctx_params.get(k) is not None}
     if ctx_params.get("stop"):
-        params["stop"] = tuple(s.encode().decode("unicode_escape") for s in ctx_params["stop"])
+        params["stop"] = tuple(_unescape(s) for s in ctx_params["stop"])
     return params
 
 
@@ -163,7 +173,7 @@ def _emit(prompt: str, answer: str, as_json: bool, single: bool) -> None:
 
 
 def _answer_all(gen: Any, prompts: list[str], params: dict[str, Any], kw: dict[str, Any]) -> None:
-    single = len(prompts) == 1
+    single = len(prompts) == 1 and len(kw["prompts"]) == 1  # one --prompt: the bare answer
     if kw["stream"] and not kw["as_json"]:
         for prompt in prompts:
             if not single:

@@ -2,8 +2,10 @@
 
 ``Sampler.next_tokens(logits)`` turns the last-position logits of a batch into the next token per
 row: repetition penalty, then greedy (``temperature == 0``) or temperature / top-k / top-p
-sampling from a seeded ``numpy.random.Generator``. The ONNX and the torch backends both hand
-their logits to this code, so a greedy run is token-for-token the same on both.
+sampling. Each row draws from its own ``numpy.random.Generator`` seeded with the seed, so a
+seeded question gets the same answer alone, in a batch of any size, or streamed. The ONNX and the
+torch backends both hand their logits to this code, so a greedy run is token-for-token the same
+on both.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Sampler:
     ) -> None:
         self.config = config
         self.vocab = vocab
-        self.rng = np.random.default_rng(config.seed)
+        self.rngs = [np.random.default_rng(config.seed) for _ in range(batch)]  # one per row
         self._penalty = float(config.repetition_penalty)
         self._seen: np.ndarray | None = None  # (B, V) bool, only with a penalty
         if self._penalty != 1.0:
@@ -64,27 +66,35 @@ class Sampler:
         cfg = self.config
         if cfg.temperature == 0 and self._seen is None:  # plain greedy reads the logits only
             return np.asarray(np.argmax(logits, axis=-1), dtype=np.int64)
-        scores = logits.astype(np.float32, copy=True)  # (B, V)
-        if self._seen is not None:
-            penalised = np.where(scores > 0, scores / self._penalty, scores * self._penalty)
-            scores = np.where(self._seen, penalised, scores)
-        if cfg.temperature == 0:
-            tokens = np.argmax(scores, axis=-1).astype(np.int64)
-        else:
-            tokens = self._sample(scores / np.float32(cfg.temperature))
+        # float64, and inf clipped to the largest finite value: a penalty or temperature near 0
+        # (1e-300) scales logits past float32's range, and inf - inf would make NaN probabilities.
+        # Overflow to +-inf and underflow to 0 are the intended results there, not warnings.
+        with np.errstate(over="ignore", under="ignore"):
+            scores = logits.astype(np.float64)  # (B, V)
+            if self._seen is not None:
+                penalised = np.where(scores > 0, scores / self._penalty, scores * self._penalty)
+                scores = np.where(self._seen, penalised, scores)
+            big = np.finfo(np.float64).max
+            scores = np.clip(scores, -big, big)
+            if cfg.temperature == 0:
+                tokens = np.argmax(scores, axis=-1).astype(np.int64)
+            else:
+                tokens = self._sample(scores)
         if self._seen is not None:
             self._seen[np.arange(len(tokens)), tokens] = True
         return np.asarray(tokens, dtype=np.int64)
 
     def _sample(self, scores: np.ndarray) -> np.ndarray:
+        """``scores`` (B, V) finite float64 before temperature -> sampled (B,) ids."""
         cfg = self.config
         batch, vocab = scores.shape
         k = cfg.top_k
         if 0 < k < vocab:
             kth = np.partition(scores, vocab - k, axis=-1)[:, vocab - k : vocab - k + 1]  # (B, 1)
             scores = np.where(scores < kth, -np.inf, scores)
-        scores = scores.astype(np.float64)
-        scores -= scores.max(axis=-1, keepdims=True)
+        # The max is subtracted before dividing by the temperature, so every value is <= 0 and
+        # the best is exactly 0 even when the temperature is tiny (then this is greedy).
+        scores = (scores - scores.max(axis=-1, keepdims=True)) / cfg.temperature
         probs = np.exp(scores)
         probs /= probs.sum(axis=-1, keepdims=True)  # (B, V)
         if cfg.top_p < 1.0:
@@ -97,7 +107,7 @@ class Sampler:
             probs = np.where(drop, 0.0, probs)
             probs /= probs.sum(axis=-1, keepdims=True)
         cdf = np.cumsum(probs, axis=-1)  # (B, V)
-        u = self.rng.random((batch, 1)) * cdf[:, -1:]
+        u = np.array([[rng.random()] for rng in self.rngs]) * cdf[:, -1:]  # (B, 1)
         tokens = (cdf <= u).sum(axis=-1)
         # Never land on a zero-probability token at the top end through rounding.
         tokens = np.minimum(tokens, vocab - 1)
