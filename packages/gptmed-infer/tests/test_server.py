@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -15,17 +17,17 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from gptmed.inference.server import ServerConfig, check_bind, create_app  # noqa: E402
+from gptmed.core import ConfigError  # noqa: E402
+from gptmed.inference.server import ServerConfig, build_server, check_bind  # noqa: E402
 
 KEY = "sk-test-0123456789"
 
 
-def _start(gen, max_queue: int = 0) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    cfg = ServerConfig(api_key=KEY, max_concurrency=1, max_queue=max_queue, max_tokens=64, max_body=8192)
-    config = uvicorn.Config(
-        create_app(gen, cfg), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-    )
-    srv = uvicorn.Server(config)
+def _start(gen, max_queue: int = 0, **config: Any) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The server `gptmed-infer serve` runs (build_server), on a free port, in a thread."""
+    settings = {"max_concurrency": 1, "max_tokens": 64, "max_body": 8192, **config}
+    cfg = ServerConfig(api_key=KEY, port=0, max_queue=max_queue, **settings)
+    srv = build_server(gen, cfg, log_level="warning")
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -60,6 +62,26 @@ class _SlowBackend:
 
     def forward(self, ids, mask):  # type: ignore[no-untyped-def]
         return self.inner.forward(ids, mask)
+
+
+class _NeverEnds(_SlowBackend):
+    """EOS never wins: every request generates all its max_tokens, 25 ms a step."""
+
+    def __init__(self, inner, eos: int) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(inner)
+        self.eos = eos
+
+    def prefill(self, ids, mask, capacity=None):  # type: ignore[no-untyped-def]
+        logits, state = super().prefill(ids, mask, capacity)
+        return self._no_eos(logits), state
+
+    def decode(self, state, tokens):  # type: ignore[no-untyped-def]
+        return self._no_eos(super().decode(state, tokens))
+
+    def _no_eos(self, logits):  # type: ignore[no-untyped-def]
+        logits = logits.copy()
+        logits[:, self.eos] = -1e9
+        return logits
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +200,7 @@ def test_wrong_or_missing_key_is_401(server) -> None:  # type: ignore[no-untyped
             "invalid_value",
             "max_tokens",
         ),
-        ("/v1/completions", '{"prompt": "' + "fever " * 150 + '"}', "context_length_exceeded", "messages"),
+        ("/v1/completions", '{"prompt": "' + "fever " * 150 + '"}', "context_length_exceeded", "prompt"),
         (
             "/v1/completions",
             '{"prompt": "What is fever?", "max_tokens": 64, "top_k": -2}',
@@ -205,6 +227,13 @@ def test_wrong_or_missing_key_is_401(server) -> None:  # type: ignore[no-untyped
             "invalid_type",
             "messages",
         ),
+        ("/v1/completions", '{"prompt": "hi", "n": true}', "invalid_type", "n"),  # True == 1 in Python
+        ("/v1/completions", '{"prompt": "hi", "n": 2}', "invalid_value", "n"),
+        # silently ignoring them would hand back something else than what was asked for
+        ("/v1/completions", '{"prompt": "hi", "echo": true}', "unsupported_parameter", "echo"),
+        ("/v1/completions", '{"prompt": "hi", "logprobs": 2}', "unsupported_parameter", "logprobs"),
+        ("/v1/completions", '{"prompt": "hi", "suffix": "x"}', "unsupported_parameter", "suffix"),
+        ("/v1/completions", '{"prompt": "hi", "stream_options": 3}', "invalid_type", "stream_options"),
     ],
 )
 def test_bad_requests_are_400_never_500(server, path, body, code, param) -> None:  # type: ignore[no-untyped-def]
@@ -217,6 +246,47 @@ def test_bad_requests_are_400_never_500(server, path, body, code, param) -> None
 def test_context_length_exceeded_by_max_tokens(server) -> None:  # type: ignore[no-untyped-def]
     r = _post(server, "/v1/completions", json.dumps({"prompt": "fever " * 40, "max_tokens": 64}))
     assert r.status_code == 400 and _error(r)["code"] == "context_length_exceeded"
+    assert "(at most " in str(_error(r)["message"])
+    r = _post(server, "/v1/completions", json.dumps({"prompt": "fever " * 150}))  # no max_tokens
+    message = str(_error(r)["message"])
+    assert "no room for an answer" in message and "max_tokens is -" not in message
+
+
+def test_openai_fields_that_may_be_null_and_earlier_turns_without_content(server) -> None:  # type: ignore[no-untyped-def]
+    body = {"prompt": "What is fever?", "temperature": 0, "max_tokens": 5, "n": None, "stream": None}
+    assert _post(server, "/v1/completions", json.dumps(body)).status_code == 200
+    messages = [
+        {"role": "user", "content": "What is asthma?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "content": "{}", "tool_call_id": "c1"},
+        {"role": "user", "content": "What is fever?"},
+    ]
+    r = _post(server, "/v1/chat/completions", json.dumps({"messages": messages, "max_tokens": 5}))
+    assert r.status_code == 200, r.text
+    r = _post(server, "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": None}]}))
+    assert r.status_code == 400 and _error(r)["param"] == "messages"  # the question itself must be text
+
+
+def test_stream_options_include_usage_sends_a_usage_chunk(server) -> None:  # type: ignore[no-untyped-def]
+    chunks = list(
+        _client(server).chat.completions.create(
+            model="gptmed",
+            messages=[{"role": "user", "content": "What is fever?"}],
+            temperature=0,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == 4 and last.usage.total_tokens == last.usage.prompt_tokens + 4
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_an_api_key_clients_cannot_send_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        ServerConfig(api_key="clé-ü")
 
 
 def test_body_over_the_cap_is_413_before_parsing(server) -> None:  # type: ignore[no-untyped-def]
@@ -248,6 +318,7 @@ def test_over_the_concurrency_limit_is_fast_429_and_disconnect_stops_generation(
     start = time.perf_counter()
     r = _post(url, "/v1/completions", json.dumps({"prompt": "What is fever?", "max_tokens": 5}))
     assert r.status_code == 429 and _error(r)["code"] == "rate_limit_exceeded"
+    assert r.headers["retry-after"] == "1"
     assert time.perf_counter() - start < 1.0  # fast, not queued behind the stream
     assert httpx.get(url + "/health").json()["active"] == 1
     sock.close()  # the client goes away mid-stream
@@ -271,24 +342,10 @@ def test_a_bounded_queue_serves_the_slot_and_the_queue_and_refuses_the_rest(onnx
 
     from gptmed.inference import TextGenerator
 
-    class NeverEnds(_SlowBackend):
-        """EOS never wins: every request generates all its max_tokens, 25 ms a step."""
-
-        def prefill(self, ids, mask, capacity=None):  # type: ignore[no-untyped-def]
-            logits, state = super().prefill(ids, mask, capacity)
-            return self._no_eos(logits), state
-
-        def decode(self, state, tokens):  # type: ignore[no-untyped-def]
-            return self._no_eos(super().decode(state, tokens))
-
-        @staticmethod
-        def _no_eos(logits):  # type: ignore[no-untyped-def]
-            logits = logits.copy()
-            logits[:, onnx_gen.special_ids.eos] = -1e9
-            return logits
-
     tokenizer = str(artifacts.bundle / "tokenizer.model")
-    gen = TextGenerator(model=NeverEnds(onnx_gen.backend), tokenizer_path=tokenizer)
+    gen = TextGenerator(
+        model=_NeverEnds(onnx_gen.backend, onnx_gen.special_ids.eos), tokenizer_path=tokenizer
+    )
     # every request generates 40 tokens at >= 25 ms each (>= 1 s): all four arrive while the first runs
     body = {"prompt": "What is fever?", "temperature": 0, "max_tokens": 40, "stop": ["zzzz"]}
 
@@ -323,3 +380,195 @@ def test_public_bind_without_key_warns(caplog) -> None:  # type: ignore[no-untyp
     check_bind(ServerConfig(host="0.0.0.0", api_key="k"))
     assert caplog.text == ""
     assert ServerConfig().host == "127.0.0.1"
+
+
+def _raw(url: str, request: bytes) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(request)
+    return sock
+
+
+def _wait_idle(url: str, seconds: float = 5.0) -> dict[str, Any]:
+    deadline = time.time() + seconds
+    while (h := httpx.get(url + "/health").json())["active"] != 0:
+        assert time.time() < deadline, f"generation kept running: {h}"
+        time.sleep(0.02)
+    return h  # type: ignore[no-any-return]
+
+
+def test_a_client_leaving_a_non_streamed_request_stops_its_generation(slow) -> None:  # type: ignore[no-untyped-def]
+    url, backend = slow
+    body = json.dumps(
+        {
+            "prompt": "What is fever?",
+            "temperature": 1.5,
+            "top_k": 0,
+            "max_tokens": 64,
+            "stop": ["zzzz"],
+            "seed": 0,
+        }
+    ).encode()
+    cancelled = httpx.get(url + "/health").json()["cancelled"]
+    sock = _raw(
+        url,
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body,
+    )
+    time.sleep(0.3)
+    assert httpx.get(url + "/health").json()["active"] == 1
+    start_steps = backend.steps
+    sock.close()  # gone before its answer (64 steps >= 1.6 s)
+    h = _wait_idle(url, 1.0)  # was: ran all 64 tokens, holding the slot
+    assert h["cancelled"] == cancelled + 1
+    steps = backend.steps
+    assert steps - start_steps < 40
+    time.sleep(0.2)
+    assert backend.steps == steps
+
+
+def test_more_slots_than_the_default_thread_pool_all_run_at_once(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """asyncio's default pool has min(32, cores + 4) threads (6 on 2 cores): slots beyond it only
+    queued. The server's own pool has one thread per slot."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gptmed.inference import TextGenerator
+
+    slots = (os.cpu_count() or 1) + 6
+    gen = TextGenerator(
+        model=_NeverEnds(onnx_gen.backend, onnx_gen.special_ids.eos),
+        tokenizer_path=str(artifacts.bundle / "tokenizer.model"),
+    )
+    body = {
+        "prompt": "What is fever?",
+        "temperature": 1.5,
+        "top_k": 0,
+        "max_tokens": 64,
+        "stop": ["zzzz"],
+        "seed": 0,
+        "stream": True,
+    }
+
+    def first_piece(url: str) -> float:
+        """Seconds to the first text; reads the stream to its end (leaving early would free the slot)."""
+        start, first = time.perf_counter(), None
+        with httpx.stream(
+            "POST", url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body, timeout=60
+        ) as r:
+            for line in r.iter_lines():
+                if first is None and line.startswith("data: {"):
+                    first = time.perf_counter() - start
+        assert first is not None
+        return first
+
+    for url in _start(gen, max_concurrency=slots):
+        with ThreadPoolExecutor(slots) as pool:
+            waits = list(pool.map(first_piece, [url] * slots))
+        # a generation of 64 steps takes >= 1.6 s: one that waited for a thread would show it
+        assert max(waits) < 1.2, waits
+
+
+def test_slow_headers_are_cut_off_and_a_slow_body_is_408(onnx_gen) -> None:  # type: ignore[no-untyped-def]
+    for url in _start(onnx_gen, read_timeout=1.0):
+        idle = _raw(url, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+        start = time.perf_counter()
+        assert idle.recv(100) == b""  # closed by the server
+        assert 0.8 < time.perf_counter() - start < 3.0
+        slow_body = _raw(
+            url,
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEY}\r\nContent-Length: 100\r\n\r\n".encode()
+            + b'{"prompt": ',
+        )
+        reply = b""
+        while b"}}" not in reply and (part := slow_body.recv(4096)):
+            reply += part
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert b'"code":"request_timeout"' in reply
+        assert httpx.get(url + "/health").status_code == 200  # and the server is fine
+
+
+_DRAIN_SCRIPT = """
+import sys, time
+from gptmed.inference import TextGenerator
+from gptmed.inference.server import ServerConfig, build_server
+
+bundle, port = sys.argv[1], int(sys.argv[2])
+inner = TextGenerator.from_bundle(bundle)
+
+class Slow:  # 50 ms a step, EOS never wins: every request runs all its tokens
+    def __init__(self):
+        self.config, self.name = inner.backend.config, "slow"
+    def _no_eos(self, logits):
+        logits = logits.copy(); logits[:, inner.special_ids.eos] = -1e9; return logits
+    def prefill(self, ids, mask, capacity=None):
+        logits, state = inner.backend.prefill(ids, mask, capacity); return self._no_eos(logits), state
+    def decode(self, state, tokens):
+        time.sleep(0.05); return self._no_eos(inner.backend.decode(state, tokens))
+    def forward(self, ids, mask):
+        return inner.backend.forward(ids, mask)
+
+gen = TextGenerator(model=Slow(), tokenizer_path=bundle + "/tokenizer.model")
+build_server(gen, ServerConfig(port=port, max_concurrency=4, shutdown_timeout=2.0), log_level="warning").run()
+"""
+
+
+def test_sigterm_ends_long_requests_with_openai_errors_not_plain_500s(artifacts, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRAIN_SCRIPT, str(artifacts.bundle), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()
+                time.sleep(0.1)
+        body = {"prompt": "What is fever?", "temperature": 0, "max_tokens": 80, "stop": ["zzzz"]}
+
+        def plain() -> httpx.Response:
+            return httpx.post(url + "/v1/completions", json=body, timeout=30)
+
+        def streamed() -> list[str]:
+            with httpx.stream(
+                "POST", url + "/v1/completions", json={**body, "stream": True}, timeout=30
+            ) as r:
+                return [line for line in r.iter_lines() if line]
+
+        quick = {**body, "max_tokens": 10}
+        with ThreadPoolExecutor(3) as pool:
+            long_plain, long_stream = pool.submit(plain), pool.submit(streamed)
+            short = pool.submit(lambda: httpx.post(url + "/v1/completions", json=quick, timeout=30))
+            time.sleep(0.3)  # all three running (80 steps = 4 s; 10 steps = 0.5 s)
+            proc.send_signal(signal.SIGTERM)
+            r = short.result()
+            assert (
+                r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
+            )  # finished in time
+            r = long_plain.result()
+            assert r.status_code == 503, r.text  # was a plain-text "Internal Server Error"
+            assert _error(r)["code"] == "server_shutting_down"
+            lines = long_stream.result()
+            assert lines[-1] == "data: [DONE]", lines[-3:]  # was cut off mid-answer
+            assert json.loads(lines[-2][6:])["error"]["code"] == "server_shutting_down"
+        assert proc.wait(timeout=10) == -signal.SIGTERM  # uvicorn re-raises the signal once drained
+        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -20,7 +20,14 @@ class _NeedsTorch(GptmedError):
     pass
 
 
-def _open_generator(checkpoint: str, tokenizer: str | None, variant: str | None, threads: int | None) -> Any:
+def _open_generator(
+    checkpoint: str,
+    tokenizer: str | None,
+    variant: str | None,
+    threads: int | None,
+    option: str = "--checkpoint",
+) -> Any:
+    """The generator for ``checkpoint``; ``option`` is the flag that named it (for the hint)."""
     from gptmed.inference.generator import TextGenerator
 
     path = Path(checkpoint)
@@ -36,7 +43,7 @@ def _open_generator(checkpoint: str, tokenizer: str | None, variant: str | None,
         raise GptmedError(
             "checkpoint not found",
             where=str(path),
-            hint="train one (gptmed-train) or pass --checkpoint with a .pt file or an exported bundle folder"
+            hint=f"train one (gptmed-train) or pass {option} with a .pt file or an exported bundle folder"
             + found,
         )
     try:
@@ -304,16 +311,29 @@ def export_cmd(
 @click.option("--max-length", type=click.IntRange(min=1), default=None, help="New tokens per answer.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N pairs only.")
 @click.option("--int8", is_flag=True, help="Evaluate the int8 graph.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="onnxruntime intra-op threads (0 = all cores; default: GPTMED_NUM_THREADS or all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def eval_cmd(
-    bundle: str, data: str, max_length: int | None, limit: int | None, int8: bool, as_json: bool, debug: bool
+    bundle: str,
+    data: str,
+    max_length: int | None,
+    limit: int | None,
+    int8: bool,
+    threads: int | None,
+    as_json: bool,
+    debug: bool,
 ) -> None:
     """Answer perplexity, exact match, token F1 and ROUGE-L on held-out Q&A pairs."""
     from gptmed.inference.evaluate import evaluate
 
     with cli_errors(debug):
-        gen = _open_generator(bundle, None, "int8" if int8 else None, None)
+        gen = _open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
         report = evaluate(gen, data, max_length=max_length, limit=limit)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -375,7 +395,27 @@ def info_cmd(bundle: str, debug: bool) -> None:
     show_default=True,
     help="Request body cap in bytes.",
 )
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a connection has for its request headers, then for its body (408).",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds running requests get to finish after SIGTERM/SIGINT (then 503).",
+)
 @click.option("--int8", is_flag=True, help="Serve the int8 graph.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="onnxruntime intra-op threads (0 = all cores; default: GPTMED_NUM_THREADS or all).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve_cmd(
     bundle: str,
@@ -386,7 +426,10 @@ def serve_cmd(
     max_queue: int,
     max_tokens: int,
     max_body: int,
+    read_timeout: float,
+    shutdown_timeout: float,
     int8: bool,
+    threads: int | None,
     debug: bool,
 ) -> None:
     """Serve a bundle with an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
@@ -397,19 +440,19 @@ def serve_cmd(
             raise GptmedError(
                 f"serve needs the [serve] extra ({exc})", hint='pip install "gptmed-infer[serve]"'
             ) from None
-        gen = _open_generator(bundle, None, "int8" if int8 else None, None)
-        serve(
-            gen,
-            ServerConfig(
-                host=host,
-                port=port,
-                api_key=api_key,
-                max_concurrency=max_concurrency,
-                max_queue=max_queue,
-                max_tokens=max_tokens,
-                max_body=max_body,
-            ),
+        config = ServerConfig(
+            host=host,
+            port=port,
+            api_key=api_key or None,  # GPTMED_API_KEY= (empty) is no key, as before
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            max_tokens=max_tokens,
+            max_body=max_body,
+            read_timeout=read_timeout,
+            shutdown_timeout=shutdown_timeout,
         )
+        gen = _open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
+        serve(gen, config)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -314,9 +314,16 @@ class TextGenerator:
         return [r.text for r in self.generate_results(prompts, config=config, **params)]
 
     def generate_results(
-        self, prompts: Sequence[str], config: GenerationConfig | None = None, **params: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerationConfig | None = None,
+        *,
+        cancel: Callable[[], bool] | None = None,
+        **params: Any,
     ) -> list[GenerationResult]:
-        """Like :meth:`generate_batch` with token ids, prompt sizes and finish reasons."""
+        """Like :meth:`generate_batch` with token ids, prompt sizes and finish reasons.
+
+        ``cancel`` (optional) is called after every token; returning true ends every row there."""
         if isinstance(prompts, str):
             raise TypeError("generate_batch() takes a list of prompts, not a str")
         if not prompts:
@@ -325,7 +332,7 @@ class TextGenerator:
         cfg = self._config(config, params, prompt_lens)
         texts = [""] * len(prompts)
         results: list[GenerationResult | None] = [None] * len(prompts)
-        for row, piece, stream in self._answers(prompts, cfg):
+        for row, piece, stream in self._answers(prompts, cfg, cancel):
             texts[row] += piece
             if stream is not None:
                 n = len(stream.ids)

@@ -9,14 +9,21 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/mo
   the cap -> 413 before parsing; non-JSON, invalid UTF-8 or lone surrogates, empty ``messages``,
   ``max_tokens`` above the cap, NaN/negative temperature, ``top_p`` outside (0, 1] -> 400;
   prompt + ``max_tokens`` over the context -> 400 ``context_length_exceeded``;
-* at most ``max_concurrency`` generations run and ``max_queue`` wait; more get a fast 429;
+* at most ``max_concurrency`` generations run (each on a thread of the server's own pool of that
+  size) and ``max_queue`` wait; more get a fast 429 with ``Retry-After``;
 * streaming is OpenAI SSE (``data: {...}`` chunks, then ``data: [DONE]``); a client that
-  disconnects mid-stream stops its generation within one token.
+  disconnects stops its generation within one token, streamed or not;
+* a connection must deliver its request headers, and then its body, within ``read_timeout``
+  seconds (slow clients would otherwise hold sockets forever); the body's lateness is a 408;
+* on SIGTERM/SIGINT new requests get 503 ``server_shutting_down``; running generations finish
+  if they can within ``shutdown_timeout``, else end with that error (a stream: an error event and
+  ``[DONE]``), never a plain-text 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -24,7 +31,8 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +43,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["ServerConfig", "create_app", "serve"]
+__all__ = ["ServerConfig", "build_server", "create_app", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +59,14 @@ class ServerConfig:
     max_queue: int = 4  # requests waiting for a slot; beyond that: 429
     max_tokens: int = 256  # cap on max_tokens per request
     max_body: int = 65536  # request body cap in bytes (413 above)
+    read_timeout: float = 10.0  # seconds for a connection's request headers, then for its body
+    shutdown_timeout: float = 30.0  # seconds running generations get after SIGTERM/SIGINT
     model_name: str = "gptmed"
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
+            # HTTP headers are Latin-1 at best, and clients (the openai one too) send ASCII only
+            raise ConfigError("the API key must be printable ASCII (clients cannot send other characters)")
 
 
 class APIError(Exception):
@@ -68,8 +83,18 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 429: {"Retry-After": "1"}}.get(self.status)
         return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def _shutting_down() -> APIError:
+    return APIError(
+        503,
+        "the server is shutting down; retry on another instance",
+        "server_error",
+        None,
+        "server_shutting_down",
+    )
 
 
 class _Slots:
@@ -130,6 +155,10 @@ class _Api:
         self.gen = generator
         self.cfg = config
         self.slots: _Slots | None = None
+        # generations run here, one thread per slot (asyncio's default pool has min(32, cores + 4)
+        # threads, so on 2 cores a --max-concurrency above 6 only queued)
+        self.pool = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="gptmed-generate")
+        self._drain_deadline: float | None = None
 
     def _slots(self) -> _Slots:
         if self.slots is None:  # created inside the server's event loop
@@ -155,12 +184,24 @@ class _Api:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > cap):
             raise APIError(413, f"request body is larger than {cap} bytes", code="request_too_large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise APIError(413, f"request body is larger than {cap} bytes", code="request_too_large")
-            chunks.append(chunk)
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise APIError(413, f"request body is larger than {cap} bytes", code="request_too_large")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), self.cfg.read_timeout)
+        except asyncio.TimeoutError:
+            raise APIError(
+                408,
+                f"the request body did not arrive within {self.cfg.read_timeout:g} s",
+                code="request_timeout",
+            ) from None
         raw = b"".join(chunks)
         try:
             text = raw.decode("utf-8")
@@ -183,9 +224,17 @@ class _Api:
         return body
 
     def _params(self, body: dict[str, Any], prompt: str) -> tuple[dict[str, Any], int]:
-        n = body.get("n", 1)
-        if n != 1:
+        n = _number(body, "n", int)
+        if n not in (None, 1):
             raise APIError(400, "only n=1 is supported", param="n", code="invalid_value")
+        for field, unsupported in (
+            ("echo", (None, False)),
+            ("logprobs", (None, False)),
+            ("suffix", (None, "")),
+        ):
+            value = body.get(field)
+            if not any(value is u or (type(value) is type(u) and value == u) for u in unsupported):
+                raise APIError(400, f"'{field}' is not supported", param=field, code="unsupported_parameter")
         max_tokens = _number(body, "max_tokens", int)
         if max_tokens is None:
             max_tokens = _number(body, "max_completion_tokens", int)
@@ -235,12 +284,20 @@ class _Api:
         room = ctx - n_prompt
         if max_tokens is None:
             max_tokens = min(cap, room)
-        if max_tokens > room or room <= 0:
+        if room <= 0:
+            raise APIError(
+                400,
+                f"this model's maximum context length is {ctx} tokens and the prompt has {n_prompt}: "
+                "no room for an answer; shorten the prompt",
+                param="messages" if "messages" in body else "prompt",
+                code="context_length_exceeded",
+            )
+        if max_tokens > room:
             raise APIError(
                 400,
                 f"this model's maximum context length is {ctx} tokens; the prompt has {n_prompt} and "
-                f"max_tokens is {max_tokens}",
-                param="max_tokens" if room > 0 else "messages",
+                f"max_tokens is {max_tokens} (at most {room} here)",
+                param="max_tokens",
                 code="context_length_exceeded",
             )
         params["max_length"] = max_tokens
@@ -271,6 +328,8 @@ class _Api:
                         code="invalid_value",
                     )
                 content = m.get("content")
+                if content is None and m["role"] != "user":  # e.g. an assistant turn with tool_calls
+                    content = ""
                 if isinstance(content, list):  # content parts: keep the text ones
                     texts = (p.get("text", "") for p in content if isinstance(p, dict))
                     content = "".join(_check_str(t, "messages") for t in texts)
@@ -285,22 +344,27 @@ class _Api:
                 prompt = prompt[0]
             prompt = _check_str(prompt, "prompt")
         params, n_prompt = self._params(body, prompt)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
+        stream = body.get("stream")
+        if stream is not None and not isinstance(stream, bool):
             raise APIError(400, "'stream' must be a boolean", param="stream", code="invalid_type")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise APIError(
+                400, "'stream_options' must be an object", param="stream_options", code="invalid_type"
+            )
+        include_usage = bool((options or {}).get("include_usage"))
+        if self.draining:
+            raise _shutting_down()
         slots = self._slots()
         await slots.acquire()
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if stream:
             return StreamingResponse(
-                self._sse(prompt, params, n_prompt, chat, ident, slots),
+                self._sse(prompt, params, n_prompt, chat, ident, slots, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        try:
-            (result,) = await asyncio.to_thread(self.gen.generate_results, [prompt], **params)
-        finally:
-            slots.release()
+        result = await self._generate(request, prompt, params, slots)
         finish = "length" if result.finish_reason == "length" else "stop"
         usage = {
             "prompt_tokens": n_prompt,
@@ -319,29 +383,92 @@ class _Api:
         choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": finish}
         return JSONResponse({**base, "object": "text_completion", "choices": [choice]})
 
+    # -------------------------------------------------------------------------- shutdown
+    def begin_drain(self, timeout: float) -> None:
+        """Called on SIGTERM/SIGINT: refuse new requests, stop running ones after ``timeout`` s
+        (1 s before the server's own deadline, so each can still send its error)."""
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + max(timeout - 1.0, 0.0)
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_deadline is not None
+
+    def _out_of_time(self) -> bool:
+        return self._drain_deadline is not None and time.monotonic() >= self._drain_deadline
+
+    def _stopper(self, stop: threading.Event) -> Callable[[], bool]:
+        return lambda: stop.is_set() or self._out_of_time()
+
+    async def _generate(self, request: Request, prompt: str, params: dict[str, Any], slots: _Slots) -> Any:
+        """A non-streamed generation on the pool; it stops within a token when the client
+        disconnects (then ClientDisconnect) or the shutdown deadline passes (then 503)."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        call = functools.partial(self.gen.generate_results, [prompt], cancel=self._stopper(stop), **params)
+        work = loop.run_in_executor(self.pool, call)
+        watcher = asyncio.ensure_future(self._watch_disconnect(request, stop))
+        try:
+            (result,) = await asyncio.shield(work)
+        finally:
+            watcher.cancel()
+            stop.set()
+            try:
+                await asyncio.shield(work)
+            except Exception:
+                pass
+            finally:
+                slots.release()
+        if watcher.done() and not watcher.cancelled() and watcher.result():
+            slots.cancelled += 1
+            raise ClientDisconnect()
+        if self._out_of_time():
+            raise _shutting_down()
+        return result
+
+    @staticmethod
+    async def _watch_disconnect(request: Request, stop: threading.Event) -> bool:
+        """True (and ``stop`` set) when the client goes away while its request runs."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                stop.set()
+                return True
+
     async def _sse(
-        self, prompt: str, params: dict[str, Any], n_prompt: int, chat: bool, ident: str, slots: _Slots
+        self,
+        prompt: str,
+        params: dict[str, Any],
+        n_prompt: int,
+        chat: bool,
+        ident: str,
+        slots: _Slots,
+        include_usage: bool = False,
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         stop = threading.Event()
+        stopped = self._stopper(stop)
         created = int(time.time())
         cfg = make_config(self.gen.defaults, **params)
 
         def produce() -> None:
             try:
-                for _row, piece, stream in self.gen._answers([prompt], cfg, stop.is_set):
+                for _row, piece, stream in self.gen._answers([prompt], cfg, stopped):
                     if stream is not None:
                         n = len(stream.ids)
                         reason = "length" if (not stream.stopped and n >= cfg.max_length) else "stop"
                         loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
-                        loop.call_soon_threadsafe(queue.put_nowait, ("end", (reason, n)))
+                        if self._out_of_time():
+                            loop.call_soon_threadsafe(queue.put_nowait, ("error", _shutting_down()))
+                        else:
+                            loop.call_soon_threadsafe(queue.put_nowait, ("end", (reason, n)))
                     elif piece:
                         loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
                     if stop.is_set():
                         break
             except Exception as exc:  # surfaced to the client as an error event
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", str(exc)))
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
         def chunk(delta: dict[str, Any] | str, finish: str | None) -> bytes:
             if chat:
@@ -362,7 +489,7 @@ class _Api:
                 }
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
-        worker = loop.run_in_executor(None, produce)
+        worker = loop.run_in_executor(self.pool, produce)
         finished = False
         try:
             if chat:
@@ -373,14 +500,40 @@ class _Api:
                     if value:
                         yield chunk({"content": value} if chat else value, None)
                 elif kind == "end":
-                    reason, _n = value
+                    reason, n = value
                     yield chunk({} if chat else "", reason)
+                    if include_usage:  # OpenAI: one more chunk with no choices and the usage
+                        usage = {
+                            "prompt_tokens": n_prompt,
+                            "completion_tokens": n,
+                            "total_tokens": n_prompt + n,
+                        }
+                        obj: dict[str, Any] = {
+                            "id": ident,
+                            "object": "chat.completion.chunk" if chat else "text_completion",
+                            "created": created,
+                            "model": self.cfg.model_name,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                        yield f"data: {json.dumps(obj)}\n\n".encode()
                     yield b"data: [DONE]\n\n"
                     finished = True
                     return
                 else:
-                    err = {"error": {"message": value, "type": "server_error", "param": None, "code": None}}
+                    error = (
+                        value if isinstance(value, APIError) else APIError(500, str(value), "server_error")
+                    )
+                    err = {
+                        "error": {
+                            "message": error.message,
+                            "type": error.type,
+                            "param": None,
+                            "code": error.code,
+                        }
+                    }
                     yield f"data: {json.dumps(err)}\n\n".encode()
+                    yield b"data: [DONE]\n\n"
                     finished = True
                     return
         finally:
@@ -467,17 +620,48 @@ def check_bind(config: ServerConfig) -> None:
         )
 
 
+def build_server(generator: Any, config: ServerConfig | None = None, log_level: str = "info") -> Any:
+    """The ``uvicorn.Server`` that :func:`serve` runs: the app, header read timeout, and the
+    shutdown drain (SIGTERM/SIGINT -> 503 for new requests, a deadline for running ones)."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    cfg = config or ServerConfig()
+    app = create_app(generator, cfg)
+    api: _Api = app.state.api
+
+    class TimedH11(H11Protocol):
+        """h11 with a deadline for the first request's headers: a client that trickles them (or
+        sends nothing) is disconnected after ``read_timeout`` s instead of holding a socket."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.loop.call_later(cfg.read_timeout, self._headers_due)
+
+        def _headers_due(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            api.begin_drain(cfg.shutdown_timeout)
+            super().handle_exit(sig, frame)
+
+    uv_config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        http=TimedH11,
+        log_level=log_level,
+        lifespan="off",
+        timeout_graceful_shutdown=max(1, math.ceil(cfg.shutdown_timeout)),
+    )
+    return Server(uv_config)
+
+
 def serve(generator: Any, config: ServerConfig | None = None) -> None:
     """Run the server until interrupted (uvicorn)."""
-    import uvicorn
-
     cfg = config or ServerConfig()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_bind(cfg)
-    uvicorn.run(
-        create_app(generator, cfg),
-        host=cfg.host,
-        port=cfg.port,
-        log_level="info",
-        timeout_graceful_shutdown=5,
-    )
+    build_server(generator, cfg).run()
