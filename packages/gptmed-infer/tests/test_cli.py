@@ -184,6 +184,36 @@ def test_eval_table_and_json(artifacts) -> None:  # type: ignore[no-untyped-def]
     assert report["exact_match"] >= 0.8 and report["perplexity"] < 2.0
 
 
+def test_eval_skips_and_counts_pairs_that_do_not_fit_the_context(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    long_q = "Why " + "is fever high " * 60 + "?"  # far beyond the 96-token context
+    long_a = "A body temperature above 38 degrees. " * 30
+    data = tmp_path / "held.txt"
+    data.write_text(
+        "Q: What is fever?\nA: A body temperature above 38 degrees.\n\n"
+        f"Q: {long_q}\nA: Fever.\n\n"
+        f"Q: What is fever?\nA: {long_a}\n",
+        encoding="utf-8",
+    )
+    r = _run(
+        ["gptmed-infer", "eval", "--bundle", str(artifacts.bundle), "--data", str(data), "--json"], tmp_path
+    )
+    assert r.returncode == 0, r.stderr  # was: "prompt 1 has N tokens ... lower max_length", exit 1
+    report = json.loads(r.stdout)
+    assert (report["pairs"], report["skipped"], report["truncated_answers"]) == (2, 1, 1)
+    assert report["skipped_where"] == [f"{data}:4"]
+    table = _run(["gptmed-infer", "eval", "--bundle", str(artifacts.bundle), "--data", str(data)], tmp_path)
+    assert f"skipped 1 pair(s) whose question fills the model's context ({data}:4)" in table.stderr
+    assert "1 reference answer(s) run past the context" in table.stderr
+    only_long = tmp_path / "long.txt"
+    only_long.write_text(f"Q: {long_q}\nA: Fever.\n", encoding="utf-8")
+    r = _run(["gptmed-infer", "eval", "--bundle", str(artifacts.bundle), "--data", str(only_long)], tmp_path)
+    assert r.returncode == 1 and r.stderr.startswith("Error: every question of the 1 pairs fills"), r.stderr
+    missing = _run(
+        ["gptmed-infer", "eval", "--bundle", str(tmp_path / "nope"), "--data", str(data)], tmp_path
+    )
+    assert missing.returncode == 1 and "pass --bundle with" in missing.stderr, missing.stderr
+
+
 def test_export_and_info_commands(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     runner = CliRunner()
     out = tmp_path / "b2"

@@ -32,7 +32,15 @@ from gptmed.core.io import (
 )
 from gptmed.core.manifests import BundleManifest, CheckpointManifest, DatasetManifest, check_compatible
 from gptmed.core.protocols import AnswerGenerator, Tokenizer
-from gptmed.core.qa import QAPair, format_pair, iter_qa_lines, normalize_text, read_qa_text, write_qa_text
+from gptmed.core.qa import (
+    QAPair,
+    format_pair,
+    iter_qa_lines,
+    normalize_text,
+    read_qa_records,
+    read_qa_text,
+    write_qa_text,
+)
 from gptmed.core.template import DEFAULT_STOP, DEFAULT_TEMPLATE, SPECIAL_IDS, PromptTemplate, SpecialIds
 
 
@@ -84,6 +92,7 @@ __all__ = [
     "get_tiny_config",
     "iter_qa_lines",
     "normalize_text",
+    "read_qa_records",
     "read_qa_text",
     "sha256_bytes",
     "sha256_file",

@@ -144,7 +144,7 @@ def iter_qa_lines(lines: Iterable[str], source: str = "<text>") -> Iterator[tupl
             raise DataError(
                 f"{what}: {line[:60]!r}",
                 where=f"{source}:{lineno}",
-                hint="every record starts with a 'Q: ' line (fix the file, or use --skip-invalid)",
+                hint="every record starts with a 'Q: ' line; fix the file (gptmed-data convert --skip-invalid skips such records)",
             )
         if line.startswith(_A) and answer is None:
             if blanks:
@@ -211,11 +211,17 @@ def read_qa_text(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> It
     Raises :class:`DataError` naming ``file:line`` for bad syntax or bytes that are not
     ``encoding``, and ``no Q&A records in FILE`` for a file without any record.
     """
+    for _, pair in read_qa_records(path, encoding=encoding):
+        yield pair
+
+
+def read_qa_records(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> Iterator[tuple[int, QAPair]]:
+    """Like :func:`read_qa_text`, with each record's line number (its ``Q:`` line, 1-based)."""
     source = str(path)
     count = 0
     with open(Path(path), "rb") as fh:
-        for _, pair in iter_qa_lines(_decoded_lines(fh, source, encoding), source):
+        for line, pair in iter_qa_lines(_decoded_lines(fh, source, encoding), source):
             count += 1
-            yield pair
+            yield line, pair
     if count == 0:
         raise DataError(f"no Q&A records in {source}", hint="the file is empty or has only blank lines")

@@ -344,6 +344,18 @@ def eval_cmd(
         click.echo(f"{'exact match':<16}{report.exact_match:>10.3f}")
         click.echo(f"{'token F1':<16}{report.token_f1:>10.3f}")
         click.echo(f"{'ROUGE-L':<16}{report.rouge_l:>10.3f}")
+        if report.skipped:
+            click.echo(
+                f"skipped {report.skipped} pair(s) whose question fills the model's context "
+                f"({', '.join(report.skipped_where)}{', ...' if report.skipped > len(report.skipped_where) else ''})",
+                err=True,
+            )
+        if report.truncated_answers:
+            click.echo(
+                f"{report.truncated_answers} reference answer(s) run past the context: perplexity "
+                "scores the part that fits",
+                err=True,
+            )
 
 
 @main.command("info")

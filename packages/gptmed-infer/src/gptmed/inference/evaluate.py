@@ -14,11 +14,11 @@ import re
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from gptmed.core import DataError, QAPair, read_qa_text
+from gptmed.core import DataError, QAPair, read_qa_records
 
 __all__ = ["EvalReport", "evaluate", "exact_match", "normalize_answer", "rouge_l", "token_f1"]
 
@@ -77,6 +77,9 @@ class EvalReport:
     token_f1: float
     rouge_l: float
     examples: list[dict[str, str]]  # the first few question / reference / prediction triples
+    skipped: int = 0  # pairs whose prompt leaves no room in the context for an answer token
+    truncated_answers: int = 0  # answers cut at the context for perplexity (scored on what fits)
+    skipped_where: list[str] = field(default_factory=list)  # the first few skipped pairs (FILE:LINE)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,30 +104,48 @@ def evaluate(
     """Score ``generator`` (a :class:`~gptmed.inference.TextGenerator`) on Q&A ``pairs`` (or a Q&A file).
 
     Answers are generated greedily; ``max_length`` defaults to the longest reference + 8 tokens.
+    A pair whose prompt fills the model's context is skipped and counted (``skipped``, with the
+    first few places in ``skipped_where``); an answer longer than the room left is scored for
+    perplexity on the part that fits and counted in ``truncated_answers``.
     """
     if isinstance(pairs, (str, os.PathLike)):
-        pairs = read_qa_text(pairs)
-    items = list(pairs)[:limit] if limit else list(pairs)
-    if not items:
+        path = str(pairs)
+        records = [(f"{path}:{line}", pair) for line, pair in read_qa_records(pairs)]
+    else:
+        records = [(f"pair {i + 1}", pair) for i, pair in enumerate(pairs)]
+    records = records[:limit] if limit else records
+    if not records:
         raise DataError("no Q&A pairs to evaluate")
     tok = generator.tokenizer
     eos = generator.special_ids.eos
     ctx = generator.config.max_seq_len
+    items: list[QAPair] = []
+    skipped: list[str] = []
+    truncated = 0
     nll = 0.0
     count = 0
-    for pair in items:
+    for where, pair in records:
         prompt = generator.encode_prompt(pair.question)
+        if len(prompt) >= ctx:
+            skipped.append(where)
+            continue
+        items.append(pair)
         answer = [*tok.encode(generator.template.render_answer(pair.answer)), eos]
         ids = (prompt + answer)[:ctx]
+        truncated += len(prompt) + len(answer) > ctx
         n_answer = len(ids) - len(prompt)
-        if n_answer <= 0:
-            continue
         arr = np.asarray([ids], dtype=np.int64)
         logits = generator.backend.forward(arr, np.ones_like(arr))[0]  # (T, V)
         logp = _log_softmax(logits[len(prompt) - 1 : len(ids) - 1])  # predicts ids[len(prompt):]
         targets = np.asarray(ids[len(prompt) :])
         nll -= float(logp[np.arange(n_answer), targets].sum())
         count += n_answer
+    if not items:
+        raise DataError(
+            f"every question of the {len(records)} pairs fills the model's context of {ctx} tokens "
+            f"(first: {skipped[0]})",
+            hint="evaluate on pairs of the kind the model was trained on",
+        )
     longest = max(len(tok.encode(p.answer)) for p in items) + 8
     predictions: list[str] = []
     for start in range(0, len(items), batch_size):
@@ -142,4 +163,4 @@ def evaluate(
         {"question": p.question, "reference": p.answer, "prediction": pred}
         for p, pred in list(zip(items, predictions, strict=True))[:examples]
     ]
-    return EvalReport(len(items), count, ppl, em, f1, rl, shown)
+    return EvalReport(len(items), count, ppl, em, f1, rl, shown, len(skipped), truncated, skipped[:5])
