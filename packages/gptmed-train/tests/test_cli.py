@@ -81,6 +81,38 @@ def test_training_output_is_the_manuals_shape(dataset: Path, tmp_path: Path) -> 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_without_a_terminal_progress_lines_and_mid_epoch_evals_reach_the_log(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptmed.training.cli import ConsoleCallbacks
+
+    monkeypatch.setattr(ConsoleCallbacks, "log_every_s", 0.0)  # a line per step instead of every 30 s
+    ckpt = tmp_path / "ck"
+    out = CliRunner().invoke(cli, cli_args(tiny_config(dataset, ckpt, num_epochs=1, eval_every=2)))
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert [x.split()[1] for x in lines if x.startswith("  step ")] == [f"{n}/6" for n in range(1, 7)]
+    assert all(" loss " in x and " tok/s  ETA " in x for x in lines if x.startswith("  step "))
+    evals = [x for x in lines if x.startswith("  Step ")]  # 48 rows / 8: steps 2 and 4 mid-epoch
+    assert [x.split(":")[0] for x in evals] == ["  Step 2", "  Step 4"] and all(
+        "val loss" in x for x in evals
+    )
+    assert "\r" not in out.output
+
+
+def test_train_data_elsewhere_takes_its_own_val_and_the_hint_names_its_folder(
+    dataset: Path, tmp_path: Path
+) -> None:
+    data = write_dataset(tmp_path / "mydata")
+    args = ["--train-data", str(data), "--model-size", "tiny", "--max-steps", "1", "--batch-size", "8"]
+    out = CliRunner().invoke(cli, [*args, "--checkpoint-dir", str(tmp_path / "ck"), "--seed", "1"])
+    assert out.exit_code == 0, out.output  # was: val data data/tokenized/val.npy not found
+    assert "  Val sequences: 8" in out.output
+    missing = tmp_path / "nope" / "train.npy"
+    out = CliRunner().invoke(cli, ["--train-data", str(missing), "--checkpoint-dir", str(tmp_path / "c2")])
+    assert out.exit_code == 1 and f"--output-dir {missing.parent}" in out.output, out.output
+
+
 def test_errors_are_one_line_and_usage_errors_exit_2(tmp_path: Path) -> None:
     runner = CliRunner()
     out = runner.invoke(

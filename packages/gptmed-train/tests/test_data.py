@@ -115,3 +115,15 @@ def test_pair_segments_restart_at_every_bos() -> None:
     assert same.tolist() == positions.tolist()
     inner = torch.tensor([[2, 5, 0, 6, 3, 0]])  # a pad id inside the row is a token like any other
     assert pair_segments(inner, bos_id=2, pad_id=0)[0].tolist() == [[1, 1, 1, 1, 1, -1]]
+
+
+def test_val_data_of_another_tokenization_is_refused(tmp_path: Path) -> None:
+    train = write_dataset(tmp_path / "a")
+    other = write_dataset(tmp_path / "b", tokenizer_sha256="c" * 64)  # same shapes, other tokenizer
+    with pytest.raises(
+        DataError,
+        match=r"b/val\.npy was tokenized differently.*tokenizer_sha256 'aaaaaaaaaaaa' vs 'cccccccccccc'",
+    ):
+        load_dataset(train, other.parent / "val.npy", loss_on="answer")
+    same = write_dataset(tmp_path / "c")  # another folder, same tokenization: fine
+    assert load_dataset(train, same.parent / "val.npy", loss_on="answer").val is not None

@@ -124,7 +124,7 @@ def test_signal_saves_and_resume_continues_at_the_next_step(
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
-    assert "Continue with: gptmed-train --resume" in err
+    assert f"Continue with: gptmed-train --resume --checkpoint-dir {ckpt}\n" in err  # the command that works
     found = find_latest_checkpoint(ckpt)
     assert found is not None
     stopped_at = int(found[1]["step"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,12 +39,16 @@ def format_duration(seconds: float) -> str:
 
 
 class ConsoleCallbacks(TrainCallbacks):
-    """Prints the manual-shaped report to stdout and a progress bar to stderr (TTY only)."""
+    """Prints the manual-shaped report to stdout and a progress bar to stderr (TTY only). Without
+    a TTY (a log file, CI) a plain progress line goes to stdout every ``log_every_s`` seconds."""
+
+    log_every_s = 30.0
 
     def __init__(self, progress: bool | None = None) -> None:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self._bar_shown = False
         self._last_draw = 0.0
+        self._last_line = time.monotonic()
 
     def _out(self, text: str = "") -> None:
         self._clear_bar()
@@ -101,9 +106,15 @@ class ConsoleCallbacks(TrainCallbacks):
     def on_step(
         self, step: int, total_steps: int, loss: float, lr: float, tokens_per_s: float, eta_s: float
     ) -> None:
-        if not self.progress:
-            return
         now = time.monotonic()
+        if not self.progress:
+            if now - self._last_line >= self.log_every_s:
+                self._last_line = now
+                self._out(
+                    f"  step {step}/{total_steps}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+                    f"ETA {format_duration(eta_s)}"
+                )
+            return
         if now - self._last_draw < 0.1 and step < total_steps:
             return
         self._last_draw = now
@@ -127,7 +138,7 @@ class ConsoleCallbacks(TrainCallbacks):
         self._out(f"  Train Loss: {tl} | Val Loss: {vl} | Time: {format_duration(seconds)}")
 
     def on_eval(self, step: int, val_loss: float) -> None:
-        pass
+        self._out(f"  Step {step}: val loss {val_loss:.4f}")
 
     def on_checkpoint(self, path: Path, kind: str) -> None:
         if kind == "best":
@@ -166,10 +177,19 @@ def run_with_console(
             callbacks._clear_bar()
             where = f"saved {exc.checkpoint}" if exc.checkpoint else "nothing saved (no step taken)"
             click.echo(
-                f"Interrupted at step {exc.step}: {where}. Continue with: gptmed-train --resume", err=True
+                f"Interrupted at step {exc.step}: {where}. Continue with: {_resume_command(config)}", err=True
             )
             sys.exit(exc.exit_code)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _resume_command(config: TrainingConfig) -> str:
+    """The command that continues this run (its folder, when not the default; the rest comes from
+    the checkpoint)."""
+    command = "gptmed-train --resume"
+    if Path(config.checkpoint_dir) != Path(_D["checkpoint_dir"]):
+        command += f" --checkpoint-dir {shlex.quote(str(config.checkpoint_dir))}"
+    return command
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +450,9 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT:
                 explicit.add(field_name)
             values[field_name] = value
+        if "train_data_path" in explicit and "val_data_path" not in explicit:
+            # --train-data elsewhere: its val.npy is beside it, not in the default folder
+            values["val_data_path"] = str(Path(values["train_data_path"]).parent / "val.npy")
         config = TrainingConfig.from_dict(values, source="command line")
     run_with_console(config, explicit_fields=explicit, debug=debug)
 

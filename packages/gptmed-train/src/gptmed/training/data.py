@@ -41,10 +41,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-_TOKENIZE_HINT = (
-    "make it with: python -m gptmed.tokenizer.tokenize_data --input QA.txt --tokenizer TOK.model "
-    "--output-dir data/tokenized"
-)
+
+
+def _tokenize_hint(folder: Path) -> str:
+    return (
+        "make it with: python -m gptmed.tokenizer.tokenize_data --input QA.txt --tokenizer TOK.model "
+        f"--output-dir {folder}"
+    )
 
 
 @dataclass
@@ -112,13 +115,15 @@ class Dataset:
 
 def _load_array(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
-        raise DataError(f"{what} {path} not found", hint=_TOKENIZE_HINT)
+        raise DataError(f"{what} {path} not found", hint=_tokenize_hint(path.parent))
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npy array ({exc})", hint=_TOKENIZE_HINT) from None
+        raise DataError(
+            f"{path} is not a readable .npy array ({exc})", hint=_tokenize_hint(path.parent)
+        ) from None
     if not isinstance(arr, np.ndarray):  # pragma: no cover - np.load of .npz
-        raise DataError(f"{path} is not a .npy array", hint=_TOKENIZE_HINT)
+        raise DataError(f"{path} is not a .npy array", hint=_tokenize_hint(path.parent))
     return arr
 
 
@@ -127,7 +132,7 @@ def _check_tokens(arr: np.ndarray, path: Path, manifest: DatasetManifest, expect
     if arr.ndim != 2:
         raise DataError(
             f"{path} has shape {tuple(arr.shape)}; expected 2-D (sequences, max_length={L})",
-            hint=_TOKENIZE_HINT,
+            hint=_tokenize_hint(path.parent),
         )
     if arr.shape[1] != L:
         raise DataError(
@@ -137,7 +142,7 @@ def _check_tokens(arr: np.ndarray, path: Path, manifest: DatasetManifest, expect
     if not np.issubdtype(arr.dtype, np.integer):
         raise DataError(
             f"{path} has dtype {arr.dtype}; expected integer token ids ({manifest.dtype} per metadata.json)",
-            hint=_TOKENIZE_HINT,
+            hint=_tokenize_hint(path.parent),
         )
     if manifest.dtype and np.dtype(arr.dtype) != np.dtype(manifest.dtype):
         raise DataError(
@@ -170,10 +175,13 @@ def _check_mask(mask: np.ndarray, path: Path, shape: tuple[int, ...]) -> None:
     if tuple(mask.shape) != tuple(shape):
         raise DataError(f"{path} has shape {tuple(mask.shape)}; expected {tuple(shape)} like its token file")
     if mask.dtype not in (np.dtype(np.uint8), np.dtype(np.bool_)):
-        raise DataError(f"{path} has dtype {mask.dtype}; expected uint8 0/1 loss mask", hint=_TOKENIZE_HINT)
+        raise DataError(
+            f"{path} has dtype {mask.dtype}; expected uint8 0/1 loss mask", hint=_tokenize_hint(path.parent)
+        )
     if mask.size and int(np.asarray(mask).max()) > 1:
         raise DataError(
-            f"{path} holds values other than 0 and 1; expected a 0/1 loss mask", hint=_TOKENIZE_HINT
+            f"{path} holds values other than 0 and 1; expected a 0/1 loss mask",
+            hint=_tokenize_hint(path.parent),
         )
 
 
@@ -209,7 +217,7 @@ def load_dataset(
     train_p = Path(train_path).expanduser()
     val_p = Path(val_path).expanduser()
     if not train_p.is_file():
-        raise DataError(f"training data {train_p} not found", hint=_TOKENIZE_HINT)
+        raise DataError(f"training data {train_p} not found", hint=_tokenize_hint(train_p.parent))
     meta = train_p.parent / "metadata.json"
     if not meta.is_file():
         raise ManifestError(
@@ -229,6 +237,8 @@ def load_dataset(
                 hint="re-tokenize the data with the current tokenizer, or restore the tokenizer it was made with",
             )
     same_folder = val_p.parent.resolve() == train_p.parent.resolve()
+    if not same_folder:
+        _check_same_tokenization(manifest, meta, val_p)
     train = _split(
         train_p,
         "train",
@@ -251,6 +261,30 @@ def load_dataset(
         log.warning("%s has no sequences: validation is skipped", val_p)
         val = None
     return Dataset(manifest, train_p.parent.resolve(), train, val, _fingerprint(manifest, train))
+
+
+def _check_same_tokenization(manifest: DatasetManifest, train_meta: Path, val_p: Path) -> None:
+    """A val file from another folder must come from the same tokenizer and settings: its loss
+    and the best-checkpoint choice mean nothing otherwise."""
+    val_meta = val_p.parent / "metadata.json"
+    if not val_meta.is_file():
+        return  # rows are still checked against the train manifest (length, dtype, id range)
+    other = DatasetManifest.load(val_meta)
+    diffs = [
+        f"{name} {mine!r} vs {theirs!r}"
+        for name, mine, theirs in (
+            ("tokenizer_sha256", manifest.tokenizer_sha256[:12], other.tokenizer_sha256[:12]),
+            ("vocab_size", manifest.vocab_size, other.vocab_size),
+            ("max_length", manifest.max_length, other.max_length),
+        )
+        if mine != theirs
+    ]
+    if diffs:
+        raise DataError(
+            f"{val_p} was tokenized differently from the training data ({'; '.join(diffs)}; "
+            f"{train_meta} vs {val_meta})",
+            hint="pass the val.npy written beside train.npy by the same tokenize_data run",
+        )
 
 
 def _fingerprint(manifest: DatasetManifest, train: TokenSplit) -> str:

@@ -122,7 +122,10 @@ class TrainCallbacks:
     def on_step(
         self, step: int, total_steps: int, loss: float, lr: float, tokens_per_s: float, eta_s: float
     ) -> None: ...
-    def on_eval(self, step: int, val_loss: float) -> None: ...
+    def on_eval(self, step: int, val_loss: float) -> None:
+        """An evaluation between epoch ends (--eval-every, the last one of --max-steps); an epoch's
+        own evaluation comes with on_epoch_end."""
+
     def on_epoch_end(
         self, epoch: int, num_epochs: int, train_loss: float | None, val_loss: float | None, seconds: float
     ) -> None: ...
@@ -213,8 +216,8 @@ def _warn_of_an_earlier_run(ckpt_dir: Path) -> None:
     newest = earlier[0].name if earlier else best.name
     log.warning(
         "%s already holds %d checkpoint file(s) of an earlier run (newest %s): this new run replaces "
-        "its best_model.pt and same-named checkpoints. To continue that run pass --resume; to keep "
-        "it, use another --checkpoint-dir",
+        "its best_model.pt, its metrics.jsonl and same-named checkpoints. To continue that run pass "
+        "--resume; to keep it, use another --checkpoint-dir",
         ckpt_dir,
         len(earlier) + best.is_file(),
         newest,
@@ -616,7 +619,9 @@ def _train(
             return None
         return float(total[0] / total[1])
 
-    def after_eval(val_loss: float | None, *, count_for_patience: bool = True) -> bool:
+    def after_eval(
+        val_loss: float | None, *, count_for_patience: bool = True, epoch_end: bool = False
+    ) -> bool:
         """Record an evaluation; return True when early stopping says stop."""
         run.last_eval_step = step
         if val_loss is None:
@@ -632,7 +637,7 @@ def _train(
                     "elapsed": time.time() - t0,
                 }
             )
-        if info.is_main:
+        if info.is_main and not epoch_end:  # on_epoch_end reports that one
             cb.on_eval(step, val_loss)
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(
@@ -804,7 +809,7 @@ def _train(
             val_loss = evaluate()
             stop_early = False
             if val_loss is not None:
-                stop_early = after_eval(val_loss)
+                stop_early = after_eval(val_loss, epoch_end=True)
             elif train_loss is not None and (run.best_val is None or train_loss < run.best_val):
                 run.best_val = train_loss  # no val split: "best" follows the train loss
                 save_best(train_loss)
