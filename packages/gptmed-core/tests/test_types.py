@@ -178,6 +178,18 @@ def test_atomic_open_keeps_old_file_on_failure(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
 
 
+def test_a_failed_write_removes_the_folders_it_made(tmp_path: Path) -> None:
+    target = tmp_path / "runs" / "a" / "data" / "qa.txt"
+    with pytest.raises(RuntimeError), atomic_open(target) as fh:
+        fh.write("partial")
+        raise RuntimeError("bad record")
+    assert list(tmp_path.iterdir()) == []  # no empty runs/a/data/ left behind
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError), atomic_open(tmp_path / "kept" / "new" / "x.txt") as fh:
+        raise RuntimeError("bad record")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
 def test_sweep_removes_stale_temp_files(tmp_path: Path) -> None:
     (tmp_path / ".ckpt.pt.tmp-abc").write_text("stale")
     (tmp_path / "ckpt.pt").write_text("good")

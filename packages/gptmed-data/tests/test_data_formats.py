@@ -286,3 +286,49 @@ def test_batch_fast_path_matches_the_per_record_path(tmp_path, rows):
             )
         )
     assert results[0] == results[1]
+
+
+def test_excel_semicolon_csv_with_empty_rows_converts(tmp_path):
+    """Excel in locales with a decimal comma saves ';'-separated CSV, with a BOM, CRLF and ';;;'
+    rows where cells were once used."""
+    src = tmp_path / "excel.csv"
+    src.write_bytes(
+        "\ufeffID;Question;Answer;Category\r\n"
+        '1;What is gout?;"Gout is arthritis; it hurts.\r\nA lot.";joints\r\n'
+        ";;;\r\n"
+        "2;What is flu?;A viral infection, often seasonal.;viruses\r\n"
+        ";;;\r\n;;;\r\n".encode()
+    )
+    report = convert(src, tmp_path / "out.txt")
+    assert report.written == 2 and not report.invalid  # was: "cannot tell which field holds the question"
+    assert read_pairs(tmp_path / "out.txt") == [
+        QAPair("What is gout?", "Gout is arthritis; it hurts.\nA lot."),
+        QAPair("What is flu?", "A viral infection, often seasonal."),
+    ]
+
+
+def test_comma_csv_with_semicolons_in_its_text_stays_comma_separated(tmp_path):
+    src = tmp_path / "plain.csv"
+    src.write_text('question,answer\n"What is gout?","Arthritis; painful; in joints."\n', encoding="utf-8")
+    convert(src, tmp_path / "out.txt")
+    assert read_pairs(tmp_path / "out.txt") == [QAPair("What is gout?", "Arthritis; painful; in joints.")]
+
+
+def test_an_explicit_delimiter_is_used_and_checked(tmp_path):
+    src = tmp_path / "pipes.csv"
+    src.write_text("question|answer\nWhat is gout?|Arthritis, of a kind.\n", encoding="utf-8")
+    convert(src, tmp_path / "out.txt", delimiter="|")
+    assert read_pairs(tmp_path / "out.txt") == [QAPair("What is gout?", "Arthritis, of a kind.")]
+    with pytest.raises(DataError, match="the delimiter must be one character"):
+        convert(src, tmp_path / "out2.txt", delimiter=";;")
+    assert not (tmp_path / "out2.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.csv", "out.db", "-"])
+def test_an_output_named_like_a_format_it_does_not_write_is_refused(tmp_path, name):
+    src = tmp_path / "in.txt"
+    write_qa_text(src, [QAPair("What is gout?", "Arthritis.")])
+    with pytest.raises(DataError, match=r"cannot write \.|output '-'"):
+        convert(src, tmp_path / name if name != "-" else name)  # out.json once held Q&A text
+    assert not (tmp_path / name).exists()
+    convert(src, tmp_path / "out.json", output_format="txt")  # asked for explicitly: fine

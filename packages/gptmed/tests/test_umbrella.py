@@ -136,3 +136,43 @@ def test_memo_reuses_a_derived_value_until_its_inputs_change(tmp_path: Path) -> 
     assert StepRunner(tmp_path).memo("n", [src], compute) == {"value": 2}
     assert StepRunner(tmp_path, force=True).memo("n", [src], compute) == {"value": 3}
     assert calls == ["one", "two", "two"]
+
+
+def test_pipeline_takes_the_input_options_its_errors_suggest(tmp_path: Path) -> None:
+    """A convert error in the pipeline suggests --records-key / --skip-invalid / --encoding: the
+    pipeline must have them (it answered `No such option`), and leave no empty data/ behind."""
+    src = tmp_path / "wrapped.json"
+    records = [{"question": f"What is item {i}?", "answer": f"Item {i} is a thing."} for i in range(3)]
+    records.append({"question": "Broken?", "answer": None})
+    src.write_text(json.dumps({"version": 1, "data": records}), encoding="cp1252")
+    out = tmp_path / "run"
+    first = CliRunner().invoke(main, ["pipeline", str(src), "--out", str(out)])
+    assert first.exit_code == 1 and "--records-key data" in first.output, first.output
+    assert not (out / "data").exists()  # the failed convert left no empty folder
+    second = CliRunner().invoke(
+        main,
+        [
+            "pipeline",
+            str(src),
+            "--out",
+            str(out),
+            "--records-key",
+            "data",
+            "--skip-invalid",
+            "--encoding",
+            "cp1252",
+            "--model-size",
+            "tiny",
+            "--epochs",
+            "1",
+        ],
+    )
+    assert "No such option" not in second.output, second.output
+    assert "[1/7] Convert" in second.output and "3 pairs ->" in second.output, second.output
+    assert read_qa_text_list(out / "data" / "qa.txt")[0] == QAPair("What is item 0?", "Item 0 is a thing.")
+
+
+def read_qa_text_list(path: Path) -> list[QAPair]:
+    from gptmed.core import read_qa_text
+
+    return list(read_qa_text(path))

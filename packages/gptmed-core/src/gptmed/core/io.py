@@ -54,8 +54,8 @@ def atomic_open(
 ) -> contextlib.AbstractContextManager[IO[str]] | contextlib.AbstractContextManager[IO[bytes]]:
     """Open ``path`` for writing through a temp file that replaces it only on success.
 
-    On any exception inside the ``with`` block the temp file is removed and ``path`` is
-    untouched. With ``overwrite=False`` an existing ``path`` raises ``FileExistsError`` before
+    On any exception inside the ``with`` block the temp file is removed, ``path`` is untouched, and
+    the folders created for it are removed again if they are empty. With ``overwrite=False`` an existing ``path`` raises ``FileExistsError`` before
     anything is written. Text mode writes ``\\n`` line endings on every platform.
     """
     return _atomic_open(Path(path), mode, overwrite, encoding)  # type: ignore[return-value]
@@ -68,6 +68,7 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     folder = path.parent if str(path.parent) else Path(".")
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
     tmp = Path(tmp_name)
@@ -86,6 +87,11 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        for created in made:  # folders made for this file, if nothing else landed in them
+            try:
+                created.rmdir()
+            except OSError:
+                break
         raise
 
 

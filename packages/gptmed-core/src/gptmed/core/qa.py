@@ -185,7 +185,7 @@ def _decoded_lines(fh: IO[bytes], source: str, encoding: str) -> Iterator[str]:
             raise DataError(
                 f"not valid {encoding} (byte 0x{exc.object[exc.start]:02x} at byte offset {offset + bad})",
                 where=f"{source}:{line}",
-                hint="convert the file to UTF-8 or pass --encoding (e.g. --encoding latin-1)",
+                hint='convert the file to UTF-8 or pass --encoding (e.g. --encoding cp1252 for Windows "ANSI" text)',
             ) from None
         offset += len(chunk)
         pending += text

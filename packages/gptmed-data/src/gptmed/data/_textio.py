@@ -18,9 +18,7 @@ from gptmed.core import DataError
 
 __all__ = ["decode_error", "open_binary", "open_text"]
 
-_ENCODING_HINT = (
-    "pass --encoding (e.g. --encoding latin-1 or --encoding utf-16), or convert the file to UTF-8"
-)
+_ENCODING_HINT = 'pass --encoding (e.g. --encoding cp1252 for Windows/Excel "ANSI" files, latin-1, utf-16), or convert the file to UTF-8'
 
 
 def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:

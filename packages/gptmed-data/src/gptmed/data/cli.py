@@ -58,6 +58,10 @@ def _input_options(f: F) -> F:
             "--unicode-normalize", type=click.Choice(["NFC", "NFKC"]), help="Unicode-normalise both fields."
         ),
         click.option(
+            "--delimiter",
+            help="CSV/TSV: the field separator (default: tab for TSV; for CSV the one of , ; tab | that splits the header most).",
+        ),
+        click.option(
             "--max-field-chars",
             type=click.IntRange(min=1),
             default=1_000_000,
@@ -81,6 +85,7 @@ def _read_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         "skip_invalid",
         "unicode_normalize",
         "max_field_chars",
+        "delimiter",
     )
     out = {k: kw.pop(k) for k in keys}
     out["format"] = kw.pop("format_")

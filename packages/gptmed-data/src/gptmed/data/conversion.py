@@ -34,12 +34,28 @@ def split_options(options: dict[str, Any]) -> tuple[ReadOptions, CleanOptions]:
 
 
 def output_format_for(path: str | os.PathLike[str], output_format: str | None = None) -> str:
-    """``jsonl`` for ``.jsonl``/``.ndjson`` outputs (or when asked), else canonical ``txt``."""
+    """``jsonl`` for ``.jsonl``/``.ndjson`` outputs (or when asked), else canonical ``txt``.
+
+    An output named like a format gptmed-data reads but does not write (``.json``, ``.csv``, ...)
+    is refused rather than filled with Q&A text that no reader of that name would accept."""
     if output_format is not None:
         if output_format not in OUTPUT_FORMATS:
             raise DataError(f"unknown output format {output_format!r}", hint="use txt or jsonl")
         return output_format
-    return "jsonl" if Path(path).suffix.lower() in (".jsonl", ".ndjson") else "txt"
+    p = Path(path)
+    if str(path) == "-":
+        raise DataError("output '-' (stdout) is not supported", hint="name an output file, e.g. -o qa.txt")
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".json", ".csv", ".tsv", ".tab", ".db", ".sqlite", ".sqlite3", ".parquet", ".gz"):
+        raise DataError(
+            f"cannot write {suffix} output: gptmed-data writes canonical Q&A text or JSON lines",
+            where=str(path),
+            hint=f"name it {p.with_suffix('.txt').name} or {p.with_suffix('.jsonl').name}, "
+            "or pass --output-format txt to keep the name",
+        )
+    return "txt"
 
 
 @dataclass

@@ -95,6 +95,7 @@ class ReadOptions:
     skip_invalid: bool = False  # skip and count invalid records instead of stopping at the first
     unicode_normalize: Literal["NFC", "NFKC"] | None = None  # None, "NFC" or "NFKC"
     max_field_chars: int = 1_000_000  # CSV/TSV: the csv module's field size limit
+    delimiter: str | None = None  # CSV/TSV field separator; None = "\t" for TSV, detected for CSV
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -105,6 +106,11 @@ class ReadOptions:
             )
         if self.max_field_chars < 1:
             raise ValueError(f"max_field_chars must be >= 1, got {self.max_field_chars}")
+        if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in '"\r\n'):
+            raise DataError(
+                f"the delimiter must be one character other than a quote or newline, got {self.delimiter!r}",
+                hint="e.g. --delimiter ';' (Excel in many locales) or --delimiter '|'",
+            )
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -589,6 +595,24 @@ def _json_record_lines(path: Path, encoding: str, wanted: set[int]) -> dict[int,
     return lines
 
 
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _sniff_delimiter(path: Path, opts: ReadOptions) -> str:
+    """The CSV separator: of ``, ; TAB |``, the one that splits the header line into the most
+    fields (Excel writes ``;`` where the decimal mark is a comma); ``,`` on a tie."""
+    try:
+        with open_text(path, opts.encoding, newline="") as fh:
+            header = next((line for line in fh if line.strip()), "")
+    except (DataError, UnicodeDecodeError, StopIteration):
+        return ","  # the reader reports the real problem
+    counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: (counts[d], d == ","))
+    if best != ",":
+        _log.info("%s: the header is %r-separated; reading it so (--delimiter sets it)", path, best)
+    return best
+
+
 def _read_csv(
     path: Path, opts: ReadOptions, delimiter: str
 ) -> Iterator[tuple[str, object, object] | Invalid]:
@@ -611,7 +635,7 @@ def _read_csv(
                 start = reader.line_num + 1
                 for row in reader:
                     end = reader.line_num
-                    if not row or (len(row) == 1 and not row[0].strip() and len(header) > 1):
+                    if not "".join(row).strip():  # a blank line, or an empty row (Excel's ",,,")
                         start = end + 1
                         continue
                     where = f"{source}:{start}"
@@ -795,7 +819,9 @@ class QAReader:
         if fmt == "json":
             return _read_json(path, opts)
         if fmt in ("csv", "tsv"):
-            return _read_csv(path, opts, "," if fmt == "csv" else "\t")
+            return _read_csv(
+                path, opts, opts.delimiter or ("\t" if fmt == "tsv" else _sniff_delimiter(path, opts))
+            )
         if fmt == "sqlite":
             return _read_sqlite(path, opts)
         return _read_parquet(path, opts)

@@ -99,6 +99,11 @@ def main() -> None:
 @click.option("--question-field", default=None, help="Field/column with the question (default: detected).")
 @click.option("--answer-field", default=None, help="Field/column with the answer (default: detected).")
 @click.option("--table", default=None, help="SQLite table to read.")
+@click.option("--query", default=None, help="SQLite: a SELECT whose columns hold the question and answer.")
+@click.option("--records-key", default=None, help="JSON: read the list under this key of a top-level object.")
+@click.option("--encoding", default=None, help="Text encoding of the input (default: utf-8; e.g. cp1252).")
+@click.option("--delimiter", default=None, help="CSV/TSV field separator (default: detected).")
+@click.option("--skip-invalid", is_flag=True, help="Skip and count invalid input records.")
 @click.option(
     "--model-size", type=click.Choice(["tiny", "small", "medium"]), default="small", show_default=True
 )

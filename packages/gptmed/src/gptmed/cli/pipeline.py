@@ -64,6 +64,11 @@ class PipelineOptions:
     question_field: str | None = None  # field/column holding the question
     answer_field: str | None = None  # field/column holding the answer
     table: str | None = None  # SQLite table
+    query: str | None = None  # SQLite SELECT whose columns hold the question and answer
+    records_key: str | None = None  # JSON: the key of a top-level object that holds the list
+    encoding: str | None = None  # text encoding of the input (None: UTF-8)
+    delimiter: str | None = None  # CSV/TSV field separator (None: detected)
+    skip_invalid: bool = False  # skip and count invalid records instead of stopping at the first
     model_size: str = "small"  # tiny | small | medium
     epochs: int = 10  # training epochs
     batch_size: int = 16  # sequences per optimizer step
@@ -203,6 +208,11 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
             "question_field": options.question_field,
             "answer_field": options.answer_field,
             "table": options.table,
+            "query": options.query,
+            "records_key": options.records_key,
+            "encoding": options.encoding,
+            "delimiter": options.delimiter,
+            "skip_invalid": options.skip_invalid or None,
         }.items()
         if v is not None
     }
