@@ -193,6 +193,40 @@ def test_checkpoint_tokenizer_is_verified_by_sha256(artifacts, tmp_path) -> None
     )
 
 
+def test_a_retrained_or_moved_recorded_tokenizer(artifacts, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Retraining the tokenizer at the path a checkpoint recorded keeps the old one beside it,
+    where generation and export find it; a moved one gets an error that says what to pass."""
+    import shutil
+
+    from conftest import save_checkpoint
+    from gptmed.core import QAPair, TokenizerError, write_qa_text
+    from gptmed.inference import TextGenerator
+    from gptmed.inference.torch_backend import load_checkpoint_model
+    from gptmed.tokenizer import Tokenizer, train_tokenizer
+
+    (tmp_path / "tok").mkdir()
+    mine = tmp_path / "tok" / "my.model"
+    shutil.copy(artifacts.tokenizer, mine)
+    model, _ = load_checkpoint_model(artifacts.checkpoint)
+    ckpt = save_checkpoint(
+        model, Tokenizer(mine), tmp_path / "best.pt", artifacts.config, tokenizer_path=mine
+    )
+    expected = TextGenerator(model=str(ckpt)).generate("What is fever?", temperature=0)
+    write_qa_text(tmp_path / "new.txt", [QAPair(f"New question {i}?", f"New answer {i}.") for i in range(30)])
+    result = train_tokenizer(
+        tmp_path / "new.txt", tmp_path / "tok" / "my", vocab_size=300
+    )  # the manual's rerun
+    assert result.kept_previous is not None
+    assert TextGenerator(model=str(ckpt)).generate("What is fever?", temperature=0) == expected
+    for path in (mine, result.kept_previous):
+        path.unlink()  # moved away
+    with pytest.raises(
+        TokenizerError, match=r"the tokenizer recorded with .*best\.pt is missing: .*my\.model"
+    ) as info:
+        TextGenerator(model=str(ckpt))
+    assert "pass --tokenizer" in str(info.value)
+
+
 def test_stream_cancel_stops_within_one_token(onnx_gen) -> None:  # type: ignore[no-untyped-def]
     calls = []
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from gptmed.core import TokenizerError
+from conftest import write_corpus
+from gptmed.core import QAPair, TokenizerError
 from gptmed.tokenizer import Tokenizer, __version__
 from gptmed.tokenizer.cli import cli
 
@@ -191,6 +192,27 @@ def test_tokenize_command(corpus: Path, trained: Path, tmp_path: Path) -> None:
     assert (
         code == 1 and err.startswith("Error: ") and "corrupt tokenizer model" in err and err.count("\n") == 1
     )
+
+
+def test_tokenize_reports_long_pairs_and_refuses_a_length_no_answer_fits(
+    trained: Path, tok: Tokenizer, tmp_path: Path
+) -> None:
+    pairs = [QAPair(f"What is item {i}?", f"Item {i} is a thing.") for i in range(20)]
+    pairs.append(QAPair("Why " + "is it so " * 12 + "?", "Because."))  # its prompt alone is long
+    pairs.append(QAPair("What is long?", " ".join(f"word{i}" for i in range(60))))
+    corpus = write_corpus(tmp_path / "qa.txt", pairs)
+    long_prompt = len(tok.encode_prompt(pairs[20].question))
+    assert 16 < long_prompt < 128
+    args = ["tokenize", "--input", str(corpus), "--tokenizer", str(trained), "--num-threads", "1"]
+    code, stdout, err = run(*args, "--output-dir", str(tmp_path / "a"), "--max-length", str(long_prompt))
+    assert code == 0, err
+    assert "Pairs longer than" in stdout and " of 22 (cut into windows" in stdout  # was silent
+    assert "Warning: 1 question(s) fill all" in err
+    meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert meta["extra"]["questions_over_max_length"] == 1
+    code, _, err = run(*args, "--output-dir", str(tmp_path / "b"), "--max-length", "4")
+    assert code == 1 and "max_length 4 leaves no room for an answer after any question" in err, err
+    assert not (tmp_path / "b").exists()  # was: "Tokenization complete!", and a model that answers nothing
 
 
 def test_encode_decode_round_trip(trained: Path, tok: Tokenizer) -> None:

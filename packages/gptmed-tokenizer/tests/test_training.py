@@ -36,6 +36,24 @@ def test_different_corpus_gives_different_model(corpus: Path, tmp_path: Path, tr
     assert result.model_path.read_bytes() != trained.read_bytes()
 
 
+def test_a_retrain_at_the_same_prefix_keeps_the_replaced_model(corpus: Path, tmp_path: Path) -> None:
+    """Retraining tokenizer/my_tokenizer (another vocab size, as the manual's 2.2 suggests) used to
+    overwrite the only tokenizer an existing checkpoint could use."""
+    first = train_tokenizer(corpus, tmp_path / "my", vocab_size=600)
+    old_model, old_vocab = first.model_path.read_bytes(), first.vocab_path.read_bytes()
+    assert first.kept_previous is None
+    again = train_tokenizer(corpus, tmp_path / "my", vocab_size=600)  # same bytes: nothing to keep
+    assert again.kept_previous is None and sorted(p.name for p in tmp_path.iterdir()) == [
+        "my.model",
+        "my.vocab",
+    ]
+    second = train_tokenizer(corpus, tmp_path / "my", vocab_size=500)
+    kept = tmp_path / f"my.{first.sha256[:12]}.model"
+    assert second.kept_previous == kept
+    assert kept.read_bytes() == old_model and kept.with_suffix(".vocab").read_bytes() == old_vocab
+    assert second.model_path.read_bytes() != old_model  # the new one is in place
+
+
 def _range(message: str) -> tuple[int, int | None]:
     m = re.search(r"--vocab-size in (\d+)(?:\.\.(\d+)| or more)", message)
     assert m, message

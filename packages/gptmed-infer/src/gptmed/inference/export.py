@@ -369,6 +369,8 @@ def genai_config(
 def _resolve_tokenizer(
     tokenizer_path: str | os.PathLike[str] | None, manifest: CheckpointManifest | None, checkpoint: Path
 ) -> Path:
+    from gptmed.inference.generator import recorded_tokenizer
+
     if tokenizer_path is None:
         recorded = manifest.extra.get("tokenizer_path") if manifest else None
         if not recorded:
@@ -377,7 +379,7 @@ def _resolve_tokenizer(
                 where=str(checkpoint),
                 hint="pass --tokenizer PATH.model (the tokenizer the model was trained with)",
             )
-        tokenizer_path = recorded
+        return recorded_tokenizer(recorded, manifest.tokenizer_sha256 if manifest else "", str(checkpoint))
     return Path(tokenizer_path)
 
 

@@ -33,6 +33,7 @@ from gptmed.core import (
     PromptTemplate,
     SpecialIds,
     TokenizerError,
+    sha256_file,
 )
 from gptmed.inference.backends import Backend, OnnxBackend
 from gptmed.inference.bundle import load_bundle
@@ -42,6 +43,27 @@ from gptmed.inference.streaming import AnswerStream
 __all__ = ["GenerationResult", "TextGenerator", "load_tokenizer"]
 
 _log = logging.getLogger(__name__)
+
+
+def recorded_tokenizer(recorded: str | os.PathLike[str], sha256: str, model: str) -> Path:
+    """The tokenizer a checkpoint recorded (path + sha256): that file, or, when it was retrained
+    since, the copy ``train_tokenizer`` kept beside it (``PREFIX.<sha256[:12]>.model``)."""
+    from gptmed.tokenizer import kept_tokenizer_path
+
+    path = Path(recorded)
+    if path.is_file() and (not sha256 or sha256_file(path) == sha256):
+        return path
+    if sha256 and (kept := kept_tokenizer_path(path, sha256)).is_file():
+        _log.info("using %s: the tokenizer %s was retrained since %s was trained", kept, path, model)
+        return kept
+    if not path.is_file():
+        raise TokenizerError(
+            f"the tokenizer recorded with {model} is missing: {path}"
+            + (f" (sha256 {sha256[:12]}...)" if sha256 else ""),
+            hint="if it moved, pass --tokenizer with that file; a newly trained tokenizer gives other ids "
+            "and will not match",
+        )
+    return path  # a different file: the sha256 check after loading names both
 
 
 def load_tokenizer(path: str | os.PathLike[str], template: PromptTemplate = DEFAULT_TEMPLATE) -> Any:
@@ -103,8 +125,9 @@ class TextGenerator:
                     self.template = template or ckpt_manifest.template
                     self.special_ids = special_ids or ckpt_manifest.special_ids
                     tokenizer_sha = ckpt_manifest.tokenizer_sha256
-                    if tokenizer_path is None:
-                        tokenizer_path = ckpt_manifest.extra.get("tokenizer_path") or None
+                    recorded = ckpt_manifest.extra.get("tokenizer_path")
+                    if tokenizer_path is None and recorded:
+                        tokenizer_path = recorded_tokenizer(recorded, tokenizer_sha, str(path))
             else:
                 bundle = load_bundle(path, variant=variant, verify=verify)
                 man = bundle.manifest

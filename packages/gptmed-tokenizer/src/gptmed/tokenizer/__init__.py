@@ -12,6 +12,7 @@ from gptmed.tokenizer.training import (
     MODEL_TYPES,
     TrainResult,
     VocabSizeError,
+    kept_tokenizer_path,
     train_tokenizer,
     vocab_size_range,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "VocabSizeError",
     "__version__",
     "iter_pairs",
+    "kept_tokenizer_path",
     "load_split",
     "read_pairs",
     "token_dtype",

@@ -123,6 +123,11 @@ def train_command(
         click.echo(f"  Model: {output_prefix.parent / result.model_path.name}")
         click.echo(f"  Vocab: {output_prefix.parent / result.vocab_path.name}")
         click.echo(f"  Pairs: {result.pairs:,}  Time: {result.seconds:.1f}s  sha256: {result.sha256[:16]}")
+        if result.kept_previous is not None:
+            click.echo(
+                f"  The tokenizer it replaced is kept as {output_prefix.parent / result.kept_previous.name}: "
+                "models trained with it still find it"
+            )
 
 
 @click.command("tokenize")
@@ -219,6 +224,19 @@ def tokenize_command(
         click.echo(f"  Train sequences: {manifest.train_sequences:,}")
         click.echo(f"  Val sequences: {manifest.val_sequences:,}")
         click.echo(f"  Pairs: {manifest.train_pairs:,} train, {manifest.val_pairs:,} val")
+        pairs = manifest.train_pairs + manifest.val_pairs
+        if manifest.extra.get("long_pairs"):
+            click.echo(
+                f"  Pairs longer than {max_length} tokens: {manifest.extra['long_pairs']:,} of {pairs:,} "
+                "(cut into windows; longest "
+                f"{manifest.extra.get('longest_pair_tokens', '?')} tokens)"
+            )
+        if manifest.extra.get("questions_over_max_length"):
+            click.echo(
+                f"  Warning: {manifest.extra['questions_over_max_length']:,} question(s) fill all {max_length} "
+                "tokens: a model with this context cannot answer them (raise --max-length)",
+                err=True,
+            )
         click.echo("  Files created:")
         for name in ("train", "val", "train_mask", "val_mask"):
             click.echo(f"    - {output_dir / FILES[name]}")

@@ -344,6 +344,17 @@ def tokenize_dataset(
         enc, questions = encode_pairs(tok, iter_pairs(input), threads, progress)
         input_sha256 = input_hash.result()
     t_enc = time.perf_counter()
+    # prompt tokens of each pair (BOS + rendered question, before its first answer token)
+    prompt_lens = np.array(
+        [int(np.argmax(enc.mask[a : a + n])) for a, n in zip(enc.start, enc.length, strict=True)]
+    )
+    unanswerable = int((prompt_lens >= max_length).sum())  # not even one answer token fits after them
+    if unanswerable and unanswerable == len(questions):
+        raise ConfigError(
+            f"max_length {max_length} leaves no room for an answer after any question "
+            f"(the shortest question takes {int(prompt_lens.min())} tokens with the template)",
+            hint=f"use --max-length of at least {int(np.percentile(prompt_lens, 99)) + 64} (the default is 512)",
+        )
     train_idx, val_idx = split_pairs(questions, float(train_split), seed)
     packed = {
         name: pack(enc.tokens, enc.mask, enc.start[index], enc.length[index], max_length, stride)
@@ -387,6 +398,7 @@ def tokenize_dataset(
             "val_answer_tokens": int(packed["val"].mask.sum(dtype=np.int64)),
             "long_pairs": packed["train"].long_pairs + packed["val"].long_pairs,
             "longest_pair_tokens": longest,
+            "questions_over_max_length": unanswerable,  # their prompts alone fill max_length
             "duplicate_question_pairs": duplicates,
             # which pairs (0-based, in input order) went to val.npy: the model never trains on them
             "val_pair_indices": [int(i) for i in val_idx],

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from gptmed.core import (
     atomic_write_bytes,
     atomic_write_text,
     sha256_bytes,
+    sha256_file,
 )
 from gptmed.tokenizer.inputs import iter_pairs
 
@@ -38,6 +40,7 @@ __all__ = [
     "TRAIN_THREADS",
     "TrainResult",
     "VocabSizeError",
+    "kept_tokenizer_path",
     "train_tokenizer",
     "training_sentences",
     "vocab_size_range",
@@ -72,6 +75,31 @@ class TrainResult:
     sentences: int  # lines given to SentencePiece
     input_bytes: int  # UTF-8 bytes of those lines
     seconds: float  # wall time of reading + training + writing
+    kept_previous: Path | None = None  # the replaced .model, kept as PREFIX.<sha256[:12]>.model
+
+
+def kept_tokenizer_path(model_path: str | os.PathLike[str], sha256: str) -> Path:
+    """Where :func:`train_tokenizer` keeps a ``.model`` it replaced: ``PREFIX.<sha256[:12]>.model``
+    beside it, so a checkpoint that recorded the old one (by path and sha256) still finds it."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.{sha256[:12]}.model")
+
+
+def _keep_previous(model_path: Path, vocab_path: Path, new_sha256: str) -> Path | None:
+    """Before a retrain replaces a different ``.model``, keep the old one (and its ``.vocab``) under
+    :func:`kept_tokenizer_path`: models trained with it name it by path and sha256."""
+    if not model_path.is_file():
+        return None
+    old_sha256 = sha256_file(model_path)
+    if old_sha256 == new_sha256:
+        return None
+    kept = kept_tokenizer_path(model_path, old_sha256)
+    if not kept.exists():
+        shutil.copy2(model_path, kept)
+        if vocab_path.is_file():
+            shutil.copy2(vocab_path, kept.with_suffix(".vocab"))
+    _log.info("kept the replaced tokenizer as %s", kept)
+    return kept
 
 
 def training_sentences(pairs_iter: object) -> list[str]:
@@ -271,6 +299,7 @@ def train_tokenizer(
     sp.LoadFromSerializedProto(model)
     model_path = prefix.parent / f"{prefix.name}.model"
     vocab_path = prefix.parent / f"{prefix.name}.vocab"
+    kept = _keep_previous(model_path, vocab_path, sha256_bytes(model))
     atomic_write_bytes(model_path, model)
     atomic_write_text(vocab_path, _vocab_text(sp))
     result = TrainResult(
@@ -284,6 +313,7 @@ def train_tokenizer(
         sentences=len(sentences),
         input_bytes=nbytes,
         seconds=time.perf_counter() - started,
+        kept_previous=kept,
     )
     _log.info("wrote %s (%d pieces) in %.2fs", model_path, result.vocab_size, result.seconds)
     return result
