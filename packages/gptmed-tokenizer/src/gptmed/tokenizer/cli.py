@@ -228,8 +228,7 @@ def tokenize_command(
         if manifest.extra.get("long_pairs"):
             click.echo(
                 f"  Pairs longer than {max_length} tokens: {manifest.extra['long_pairs']:,} of {pairs:,} "
-                "(cut into windows; longest "
-                f"{manifest.extra.get('longest_pair_tokens', '?')} tokens)"
+                f"(cut into windows; longest {int(manifest.extra.get('longest_pair_tokens', 0)):,} tokens)"
             )
         if manifest.extra.get("questions_over_max_length"):
             click.echo(
