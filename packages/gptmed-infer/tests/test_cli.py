@@ -113,6 +113,21 @@ def test_a_prompts_file_of_one_question_gives_qa_text_and_drops_a_bom(artifacts,
     assert json.loads(r.output)["prompt"] == "What is fever?"
 
 
+def test_a_too_long_question_in_a_prompts_file_is_named_by_its_place(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    questions = tmp_path / "q.txt"
+    questions.write_text(
+        "What is fever?\nExplain asthma.\nWhy " + "is fever high " * 40 + "?\n", encoding="utf-8"
+    )
+    args = ["gptmed-generate", "--checkpoint", str(artifacts.bundle), "--prompts-file", str(questions)]
+    r = _run([*args, "--batch-size", "2"], tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    # was "prompt 0 has ...": its place in the second batch, and a max_length fix that cannot work
+    assert r.stderr.startswith(
+        "Error: question 3 ('Why is fever high is fever high is fever high i...') has "
+    ), r.stderr
+    assert "it fills the model's context of 96 tokens; shorten it" in r.stderr
+
+
 @pytest.mark.parametrize(
     ("stop", "expected"),
     [("é", "é"), ("Ответ", "Ответ"), ("\\nQ:", "\nQ:"), ("\\", "\\"), ("\\x", "\\x"), ("a\\\\n", "a\\n")],
@@ -227,3 +242,18 @@ def test_export_and_info_commands(artifacts, tmp_path: Path) -> None:  # type: i
     )
     assert r.exit_code == 1 and "checkpoint not found" in r.output
     assert runner.invoke(main, ["--version"]).exit_code == 0
+    q = _run(
+        [
+            "gptmed-infer",
+            "export",
+            "--checkpoint",
+            str(artifacts.checkpoint),
+            "--out",
+            str(tmp_path / "q"),
+            "--quantize",
+            "int8",
+        ],
+        tmp_path,
+    )
+    assert q.returncode == 0, q.stderr
+    assert "Please consider" not in q.stdout + q.stderr  # onnxruntime's quantizer advice stays out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +84,6 @@ def _sampling(ctx_params: dict[str, Any]) -> dict[str, Any]:
     if ctx_params.get("stop"):
         params["stop"] = tuple(_unescape(s) for s in ctx_params["stop"])
     return params
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,8 +183,20 @@ def _answer_all(gen: Any, prompts: list[str], params: dict[str, Any], kw: dict[s
                 click.echo(piece, nl=False)
             click.echo("\n" if not single else "")
         return
-    for chunk in _chunks(prompts, kw["batch_size"]):
-        for prompt, answer in zip(chunk, gen.generate_batch(chunk, **params), strict=True):
+    from gptmed.inference.generator import PromptError
+
+    for start in range(0, len(prompts), kw["batch_size"]):
+        chunk = prompts[start : start + kw["batch_size"]]
+        try:
+            answers = gen.generate_batch(chunk, **params)
+        except PromptError as exc:
+            if single:
+                raise
+            question = chunk[exc.row]
+            shown = question if len(question) <= 50 else question[:47] + "..."
+            sep = " " if exc.problem.startswith("has ") else ": "
+            raise GptmedError(f"question {start + exc.row + 1} ({shown!r}){sep}{exc.problem}") from None
+        for prompt, answer in zip(chunk, answers, strict=True):
             _emit(prompt, answer, kw["as_json"], single)
 
 

@@ -266,7 +266,12 @@ def quantize_int8(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+    # onnxruntime's quantizer logs "Please consider to run pre-processing before quantization"
+    # through the root logger: advice for its own users, noise in ours (the gate below measures).
+    root = logging.getLogger()
+    root_level = root.level
+    root.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None), _restore_level(root, root_level):
         warnings.simplefilter("ignore")
         quantize_dynamic(
             str(fp32_path),
@@ -381,6 +386,14 @@ def _resolve_tokenizer(
             )
         return recorded_tokenizer(recorded, manifest.tokenizer_sha256 if manifest else "", str(checkpoint))
     return Path(tokenizer_path)
+
+
+@contextlib.contextmanager
+def _restore_level(logger: logging.Logger, level: int) -> Any:
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -73,6 +73,16 @@ def load_tokenizer(path: str | os.PathLike[str], template: PromptTemplate = DEFA
     return Tokenizer(path, template=template)
 
 
+class PromptError(ConfigError):
+    """A prompt that cannot run (no tokens, bad ids, too long); ``row`` is its index in the call."""
+
+    def __init__(self, row: int, problem: str) -> None:
+        super().__init__(
+            f"prompt {row} {problem}" if problem.startswith("has ") else f"prompt {row}: {problem}"
+        )
+        self.row, self.problem = row, problem
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     """One answer with its token ids and why it ended (``eos``, ``stop`` or ``length``)."""
@@ -196,18 +206,23 @@ class TextGenerator:
         vocab, ctx = self.config.vocab_size, self.config.max_seq_len
         for n, ids in enumerate(prompts):
             if len(ids) == 0:
-                raise ConfigError(f"prompt {n} has no tokens")
+                raise PromptError(n, "has no tokens")
             arr = np.asarray(ids)
             if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):  # 5.5 would become 5
-                raise ConfigError(f"prompt {n}: token ids must be integers, got an array of {arr.dtype}")
+                raise PromptError(n, f"token ids must be integers, got an array of {arr.dtype}")
             lo, hi = int(arr.min()), int(arr.max())
             if lo < 0 or hi >= vocab:
-                raise ConfigError(f"prompt {n}: token ids must be in [0, {vocab}), got min {lo}, max {hi}")
+                raise PromptError(n, f"token ids must be in [0, {vocab}), got min {lo}, max {hi}")
+            if len(ids) >= ctx:
+                raise PromptError(
+                    n, f"has {len(ids)} tokens: it fills the model's context of {ctx} tokens; shorten it"
+                )
             if len(ids) + cfg.max_length > ctx:
-                raise ConfigError(
-                    f"prompt {n} has {len(ids)} tokens + max_length {cfg.max_length} = {len(ids) + cfg.max_length} "
+                raise PromptError(
+                    n,
+                    f"has {len(ids)} tokens + max_length {cfg.max_length} = {len(ids) + cfg.max_length} "
                     f"> the model's context of {ctx} tokens; shorten the prompt or lower max_length "
-                    f"(at most {max(ctx - len(ids), 0)} here)"
+                    f"(at most {ctx - len(ids)} here)",
                 )
 
     # ------------------------------------------------------------------------------ the loop
