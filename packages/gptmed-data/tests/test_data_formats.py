@@ -332,3 +332,22 @@ def test_an_output_named_like_a_format_it_does_not_write_is_refused(tmp_path, na
         convert(src, tmp_path / name if name != "-" else name)  # out.json once held Q&A text
     assert not (tmp_path / name).exists()
     convert(src, tmp_path / "out.json", output_format="txt")  # asked for explicitly: fine
+
+
+def test_record_start_lookalikes_inside_records_are_reported(tmp_path):
+    """By the grammar an indented '  Q:' or a lower-case 'q:' line is text of the record above;
+    convert keeps that reading but says so (two pairs silently merged into one before)."""
+    src = tmp_path / "messy.txt"
+    src.write_text(
+        "Q: First question?\nA: First answer.\n  Q: indented question?\n  A: indented answer.\n\n"
+        "Q: Second question?\nA: Second answer.\nq: lower-case question?\na: lower-case answer.\n",
+        encoding="utf-8",
+    )
+    report = convert(src, tmp_path / "out.txt")
+    assert report.written == 2
+    assert report.lookalikes == [f"{src}:3", f"{src}:4", f"{src}:8", f"{src}:9"]
+    assert "note: 4 line(s) inside records look like a record start" in report.to_text()
+    assert f"(first: {src}:3)" in report.to_text()
+    clean = tmp_path / "clean.txt"
+    write_qa_text(clean, [QAPair("Q?", "Some answer:\n  indented text, not a record")])
+    assert convert(clean, tmp_path / "out2.txt").lookalikes == []

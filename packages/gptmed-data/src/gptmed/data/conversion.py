@@ -72,6 +72,8 @@ class ConvertReport:
     removed: dict[str, int] = field(default_factory=dict)  # dropped by cleaning options, by reason
     cleaned: dict[str, int] = field(default_factory=dict)  # repaired fields (nul_removed)
     long_answers: int = 0  # kept answers over 500 words (the manual's "extremely long")
+    lookalike_lines: int = 0  # txt: lines inside records that look like record starts (read as text)
+    lookalikes: list[str] = field(default_factory=list)  # the first 20 of them, FILE:LINE
     examples: list[str] = field(default_factory=list)  # the first invalid records, "where: what"
     seconds: float = 0.0
 
@@ -99,6 +101,12 @@ class ConvertReport:
             lines.append(
                 f"  note: {self.long_answers:,} answers have more than {LONG_ANSWER_WORDS} words (kept; "
                 "the tokenizer splits them into windows; drop them with --max-answer-words)"
+            )
+        if self.lookalike_lines:
+            lines.append(
+                f"  note: {self.lookalike_lines:,} line(s) inside records look like a record start "
+                f"(indented, or lower-case q:/a:) and were read as text of the record above "
+                f"(first: {self.lookalikes[0]}); a record starts with 'Q: ' at the start of a line"
             )
         for ex in self.examples[:5]:
             lines.append(f"  invalid: {ex}")
@@ -239,6 +247,7 @@ def convert(
             )
     report.cleaned = dict(reader.cleaned)
     report.long_answers = cleaner.long_answers
+    report.lookalikes, report.lookalike_lines = list(reader.lookalikes), reader.lookalike_lines
     report.examples = [str(e) for e in reader.examples]
     report.seconds = time.perf_counter() - t0
     return report

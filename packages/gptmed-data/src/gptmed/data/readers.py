@@ -21,7 +21,7 @@ import re
 import sqlite3
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -444,7 +444,13 @@ class _ArrayStream:
 # Readers: each yields (where, question, answer) or Invalid
 
 
-def _read_txt(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, object] | Invalid]:
+_LOOKALIKE = re.compile(r"(?:\s+[QA]|[qa]):\s")  # "  Q: ", "q: " ...: not a record start (qa-format.md)
+
+
+def _read_txt(
+    path: Path, opts: ReadOptions, lookalike: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, object, object] | Invalid]:
+    """``lookalike(FILE:LINE)`` is called for each line inside a record that looks like a record start."""
     source = str(path)
     with open_text(path, opts.encoding) as fh:
         block: list[str] = []
@@ -458,6 +464,8 @@ def _read_txt(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, obje
                 block, start, stray_start = [line], lineno, 0
             elif block:
                 block.append(line)
+                if lookalike is not None and _LOOKALIKE.match(line):
+                    lookalike(f"{source}:{lineno}")
             elif line.strip() and not stray_start:
                 stray_start = lineno
                 what = (
@@ -800,6 +808,10 @@ class QAReader:
     invalid: Counter[str] = field(default_factory=Counter)
     cleaned: Counter[str] = field(default_factory=Counter)
     examples: list[Invalid] = field(default_factory=list)
+    # txt: lines inside a record that look like a record start but are not one by the grammar
+    # (an indented "  Q: ..." or a lower-case "q: ..."): read as text of the record before them
+    lookalikes: list[str] = field(default_factory=list)  # the first 20 places (FILE:LINE)
+    lookalike_lines: int = 0  # all of them
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -810,10 +822,15 @@ class QAReader:
         self.format = self.options.format or detect_format(self.path)
         _log.debug("reading %s as %s", self.path, self.format)
 
+    def _lookalike(self, where: str) -> None:
+        self.lookalike_lines += 1
+        if len(self.lookalikes) < 20:
+            self.lookalikes.append(where)
+
     def _raw(self) -> Iterator[tuple[str, object, object] | Invalid]:
         fmt, opts, path = self.format, self.options, self.path
         if fmt == "txt":
-            return _read_txt(path, opts)
+            return _read_txt(path, opts, self._lookalike)
         if fmt == "jsonl":
             return _read_jsonl(path, opts)
         if fmt == "json":
