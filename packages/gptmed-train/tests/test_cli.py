@@ -79,6 +79,9 @@ def test_training_output_is_the_manuals_shape(dataset: Path, tmp_path: Path) -> 
     plot = CliRunner().invoke(cli, ["plot", "--checkpoint-dir", str(ckpt), "-o", str(png)])
     assert plot.exit_code == 0, plot.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for where, message in ((tmp_path / "no-run", "no run folder"), (tmp_path, "no metrics.jsonl in")):
+        miss = CliRunner().invoke(cli, ["plot", "--checkpoint-dir", str(where)])
+        assert miss.exit_code == 1 and f"Error: {message} {where}" in miss.output, miss.output
 
 
 def test_without_a_terminal_progress_lines_and_mid_epoch_evals_reach_the_log(

@@ -424,9 +424,9 @@ class _ArrayStream:
                 if near_end and self._fill():
                     continue
                 raise self._error(
-                    f"invalid JSON: {exc.msg} (column {exc.colno})"
+                    f"invalid JSON: {_json_problem(exc.msg)} (column {exc.colno})"
                     if exc.lineno == 1
-                    else f"invalid JSON: {exc.msg}",
+                    else f"invalid JSON: {_json_problem(exc.msg)}",
                     exc.pos,
                     hint="the file may be truncated or not JSON" if self.eof else None,
                 ) from None
@@ -442,6 +442,13 @@ class _ArrayStream:
 
 # ---------------------------------------------------------------------------------------------
 # Readers: each yields (where, question, answer) or Invalid
+
+
+def _json_problem(msg: str) -> str:
+    """json's message, whole: "Unterminated string starting at" has its position cut off."""
+    if msg.startswith("Unterminated string"):
+        return "a string that starts here is never closed"
+    return msg
 
 
 _LOOKALIKE = re.compile(r"(?:\s+[QA]|[qa]):\s")  # "  Q: ", "q: " ...: not a record start (qa-format.md)
@@ -518,7 +525,9 @@ def _read_jsonl(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, ob
                     or exc.pos >= len(line.rstrip())
                 )
                 cut = " (truncated line?)" if truncated else ""
-                yield Invalid(where, "bad_json", f"invalid JSON{cut}: {exc.msg} (column {exc.colno})")
+                yield Invalid(
+                    where, "bad_json", f"invalid JSON{cut}: {_json_problem(exc.msg)} (column {exc.colno})"
+                )
                 continue
             except RecursionError:
                 yield Invalid(where, "bad_json", "JSON nested too deeply")

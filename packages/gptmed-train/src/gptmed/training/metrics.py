@@ -100,7 +100,16 @@ def plot_metrics(metrics: str | os.PathLike[str], output: str | os.PathLike[str]
     """Draw train and val loss against step from ``metrics`` (a metrics.jsonl or its folder) to a PNG."""
     src = Path(metrics)
     if src.is_dir():
+        if not (src / "metrics.jsonl").is_file():
+            raise DataError(
+                f"no metrics.jsonl in {src}", hint="point to the --checkpoint-dir of a gptmed-train run"
+            )
         src = src / "metrics.jsonl"
+    elif not src.exists() and src.suffix != ".jsonl":
+        raise DataError(
+            f"no run folder {src} (its metrics.jsonl is what plot draws)",
+            hint="pass the --checkpoint-dir of a gptmed-train run, or its metrics.jsonl",
+        )
     rows = read_metrics(src)
     train = [
         (r["step"], r["loss"])
