@@ -92,6 +92,8 @@ def test_stats_counts_quality_problems(write):
     data = json.loads(json.dumps(report.to_dict()))
     assert data["answer_words"]["max"] == 501
     assert "answers > 500 words" in report.to_text()
+    counts = [line for line in report.to_text().splitlines() if line.startswith("  ") and "min" not in line]
+    assert len({len(line) for line in counts}) == 1, counts  # every count ends in the same column
 
 
 def test_normalize_key():

@@ -146,8 +146,8 @@ class StatsReport:
             f"  normalised duplicates  {self.normalized_duplicates:>10,}",
             f"  repeated questions     {self.duplicate_questions:>10,}",
             f"  empty q or a           {self.empty:>10,}",
-            f"  answers < {self.short_threshold} words    {self.short_answers:>10,}",
-            f"  answers > {self.long_threshold} words   {self.long_answers:>10,}",
+            f"  {f'answers < {self.short_threshold} words':<22} {self.short_answers:>10,}",
+            f"  {f'answers > {self.long_threshold} words':<22} {self.long_answers:>10,}",
         ]
         for reason, n in sorted(self.invalid.items()):
             lines.append(f"  invalid {reason:<14} {n:>10,}")
