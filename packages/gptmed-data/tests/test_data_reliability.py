@@ -356,6 +356,22 @@ def test_single_object_instead_of_a_list(write, tmp_path):
     assert convert(wrapped, tmp_path / "out.txt", records_key="data").written == 3
 
 
+def test_records_key_walks_into_nested_objects(write, tmp_path):
+    deep = write("d.json", json.dumps({"payload": {"meta": {"n": 3}, "items": ROWS}}))
+    with pytest.raises(
+        DataError,
+        match=r"key 'payload' holds an object with keys 'meta', 'items'.*pass --records-key payload\.items",
+    ):
+        convert(deep, tmp_path / "a.txt", records_key="payload")
+    assert (
+        convert(deep, tmp_path / "b.txt", records_key="payload.items").written == 3
+    )  # was "no key 'payload.items'"
+    with pytest.raises(DataError, match=r"no key 'itemz' in 'payload'; keys: 'meta', 'items'"):
+        convert(deep, tmp_path / "c.txt", records_key="payload.itemz")
+    dotted = write("e.json", json.dumps({"a.b": ROWS}))  # a key that has a dot in its name wins
+    assert convert(dotted, tmp_path / "e.txt", records_key="a.b").written == 3
+
+
 @pytest.mark.parametrize(
     "value,described",
     [

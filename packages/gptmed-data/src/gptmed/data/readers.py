@@ -577,18 +577,34 @@ def _read_json(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, obj
             where=source,
             hint=hint,
         )
-    if opts.records_key not in top:
-        raise DataError(
-            f"no key {opts.records_key!r} in the top-level object; keys: {_show(keys)}", where=source
-        )
-    records = top[opts.records_key]
-    if not isinstance(records, list):
-        raise DataError(
-            f"key {opts.records_key!r} holds {_describe(records)}, not an array of records", where=source
-        )
+    records = _records_at(top, opts.records_key, source)
     del top
     for index, obj in enumerate(records, start=1):
         yield fields.extract(obj, f"{source}: {opts.records_key}[{index - 1}]")
+
+
+def _records_at(top: dict[str, Any], key: str, source: str) -> list[Any]:
+    """The list under ``key`` of the top-level object; a dotted key (``payload.items``) walks into
+    nested objects when no top-level key has that exact name."""
+    path = [key] if key in top else key.split(".")
+    node: Any = top
+    for depth, part in enumerate(path):
+        if not isinstance(node, dict) or part not in node:
+            at = "the top-level object" if depth == 0 else f"{'.'.join(path[:depth])!r}"
+            keys = list(node) if isinstance(node, dict) else []
+            raise DataError(f"no key {part!r} in {at}; keys: {_show(keys)}", where=source)
+        node = node[part]
+    if isinstance(node, dict):
+        lists = [k for k, v in node.items() if isinstance(v, list)]
+        hint = f"pass --records-key {key}.{lists[0]}" if lists else None
+        raise DataError(
+            f"key {key!r} holds an object with keys {_show(list(node))}, not an array of records",
+            where=source,
+            hint=hint,
+        )
+    if not isinstance(node, list):
+        raise DataError(f"key {key!r} holds {_describe(node)}, not an array of records", where=source)
+    return node
 
 
 def _json_record_lines(path: Path, encoding: str, wanted: set[int]) -> dict[int, int]:
