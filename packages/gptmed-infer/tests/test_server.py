@@ -109,6 +109,35 @@ def _error(r: httpx.Response) -> dict[str, object]:
     return err  # type: ignore[no-any-return]
 
 
+# sampled without a matching stop string: runs its 64 tokens (>= 1.6 s on the slow backend)
+_LONG = {
+    "prompt": "What is fever?",
+    "temperature": 1.5,
+    "top_k": 0,
+    "max_tokens": 64,
+    "stop": ["zzzz"],
+    "seed": 0,
+}
+
+
+def _raw_post(url: str, body: dict[str, Any]) -> socket.socket:
+    """POST /v1/completions on a raw socket (the test decides when the client goes away)."""
+    data = json.dumps(body).encode()
+    return _raw(
+        url,
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        + data,
+    )
+
+
+def _raw(url: str, request: bytes) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(request)
+    return sock
+
+
 def test_chat_completion_with_the_openai_client(server, onnx_gen) -> None:  # type: ignore[no-untyped-def]
     resp = _client(server).chat.completions.create(
         model="gptmed",
@@ -296,24 +325,7 @@ def test_body_over_the_cap_is_413_before_parsing(server) -> None:  # type: ignor
 
 def test_over_the_concurrency_limit_is_fast_429_and_disconnect_stops_generation(slow) -> None:  # type: ignore[no-untyped-def]
     url, backend = slow
-    host, port = url.removeprefix("http://").split(":")
-    body = json.dumps(
-        {
-            "prompt": "What is fever?",
-            "stream": True,
-            "temperature": 1.5,
-            "top_k": 0,
-            "max_tokens": 64,
-            "stop": ["zzzz"],
-            "seed": 0,
-        }
-    ).encode()
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall(
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    sock = _raw_post(url, {**_LONG, "stream": True})
     assert b"200 OK" in sock.recv(4096)  # headers sent: the stream holds the only slot (64 steps >= 1.6 s)
     start = time.perf_counter()
     r = _post(url, "/v1/completions", json.dumps({"prompt": "What is fever?", "max_tokens": 5}))
@@ -382,13 +394,6 @@ def test_public_bind_without_key_warns(caplog) -> None:  # type: ignore[no-untyp
     assert ServerConfig().host == "127.0.0.1"
 
 
-def _raw(url: str, request: bytes) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(request)
-    return sock
-
-
 def _wait_idle(url: str, seconds: float = 5.0) -> dict[str, Any]:
     deadline = time.time() + seconds
     while (h := httpx.get(url + "/health").json())["active"] != 0:
@@ -399,23 +404,8 @@ def _wait_idle(url: str, seconds: float = 5.0) -> dict[str, Any]:
 
 def test_a_client_leaving_a_non_streamed_request_stops_its_generation(slow) -> None:  # type: ignore[no-untyped-def]
     url, backend = slow
-    body = json.dumps(
-        {
-            "prompt": "What is fever?",
-            "temperature": 1.5,
-            "top_k": 0,
-            "max_tokens": 64,
-            "stop": ["zzzz"],
-            "seed": 0,
-        }
-    ).encode()
     cancelled = httpx.get(url + "/health").json()["cancelled"]
-    sock = _raw(
-        url,
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body,
-    )
+    sock = _raw_post(url, _LONG)
     time.sleep(0.3)
     assert httpx.get(url + "/health").json()["active"] == 1
     start_steps = backend.steps

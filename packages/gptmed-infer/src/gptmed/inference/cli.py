@@ -13,6 +13,12 @@ from gptmed.core import GptmedError, cli_errors
 from gptmed.inference import __version__
 
 DEFAULT_CHECKPOINT = "model/checkpoints/best_model.pt"
+_threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="onnxruntime intra-op threads (0 = all cores; default: GPTMED_NUM_THREADS or all).",
+)
 
 
 class _NeedsTorch(GptmedError):
@@ -132,12 +138,7 @@ def _sampling(ctx_params: dict[str, Any]) -> dict[str, Any]:
     help="Questions per batch with --prompts-file.",
 )
 @click.option("--int8", is_flag=True, help="Use the bundle's int8 graph (model.int8.onnx).")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=None,
-    help="onnxruntime intra-op threads (0 = all cores).",
-)
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per answer (prompt, answer).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="gptmed-generate")
@@ -317,12 +318,7 @@ def export_cmd(
 @click.option("--max-length", type=click.IntRange(min=1), default=None, help="New tokens per answer.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N pairs only.")
 @click.option("--int8", is_flag=True, help="Evaluate the int8 graph.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=None,
-    help="onnxruntime intra-op threads (0 = all cores; default: GPTMED_NUM_THREADS or all).",
-)
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def eval_cmd(
@@ -428,12 +424,7 @@ def info_cmd(bundle: str, debug: bool) -> None:
     help="Seconds running requests get to finish after SIGTERM/SIGINT (then 503).",
 )
 @click.option("--int8", is_flag=True, help="Serve the int8 graph.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=None,
-    help="onnxruntime intra-op threads (0 = all cores; default: GPTMED_NUM_THREADS or all).",
-)
+@_threads_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve_cmd(
     bundle: str,
