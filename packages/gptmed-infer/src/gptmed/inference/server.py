@@ -630,11 +630,11 @@ def build_server(generator: Any, config: ServerConfig | None = None, log_level: 
     app = create_app(generator, cfg)
     api: _Api = app.state.api
 
-    class TimedH11(H11Protocol):
+    class TimedH11(H11Protocol):  # type: ignore[misc,unused-ignore]  # Any when uvicorn is absent (typecheck env)
         """h11 with a deadline for the first request's headers: a client that trickles them (or
         sends nothing) is disconnected after ``read_timeout`` s instead of holding a socket."""
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override,unused-ignore]
             super().connection_made(transport)
             self.loop.call_later(cfg.read_timeout, self._headers_due)
 
@@ -642,7 +642,7 @@ def build_server(generator: Any, config: ServerConfig | None = None, log_level: 
             if self.cycle is None and not self.transport.is_closing():
                 self.transport.close()
 
-    class Server(uvicorn.Server):
+    class Server(uvicorn.Server):  # type: ignore[misc,unused-ignore]
         def handle_exit(self, sig: int, frame: Any) -> None:
             api.begin_drain(cfg.shutdown_timeout)
             super().handle_exit(sig, frame)
