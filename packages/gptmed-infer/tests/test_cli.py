@@ -223,6 +223,13 @@ def test_eval_skips_and_counts_pairs_that_do_not_fit_the_context(artifacts, tmp_
     only_long.write_text(f"Q: {long_q}\nA: Fever.\n", encoding="utf-8")
     r = _run(["gptmed-infer", "eval", "--bundle", str(artifacts.bundle), "--data", str(only_long)], tmp_path)
     assert r.returncode == 1 and r.stderr.startswith("Error: every question of the 1 pairs fills"), r.stderr
+    no_data = _run(
+        ["gptmed-infer", "eval", "--bundle", str(artifacts.bundle), "--data", "nope.txt"], tmp_path
+    )
+    assert (
+        no_data.returncode == 2
+        and "Invalid value for '--data': File 'nope.txt' does not exist" in no_data.stderr
+    )
     missing = _run(
         ["gptmed-infer", "eval", "--bundle", str(tmp_path / "nope"), "--data", str(data)], tmp_path
     )

@@ -110,6 +110,13 @@ def test_error_is_one_line_exit_1(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "gptmed-data convert qa.json" in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "t").exists()
+    code, stdout, err = run(
+        "train", "--input", str(tmp_path / "nope.txt"), "--output-prefix", str(tmp_path / "t")
+    )
+    assert (
+        code == 1 and err == f"Error: {tmp_path / 'nope.txt'}: input file not found; check the --input path\n"
+    )
+    assert stdout == ""  # no "Training tokenizer..." header for a file that is not there
 
 
 def test_version_and_help() -> None:

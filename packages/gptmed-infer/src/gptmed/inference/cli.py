@@ -314,7 +314,9 @@ def export_cmd(
 
 @main.command("eval")
 @click.option("--bundle", required=True, help="Bundle folder (or a .pt checkpoint when torch is installed).")
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Held-out Q&A text file.")
+@click.option(
+    "--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Held-out Q&A text file."
+)
 @click.option("--max-length", type=click.IntRange(min=1), default=None, help="New tokens per answer.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N pairs only.")
 @click.option("--int8", is_flag=True, help="Evaluate the int8 graph.")

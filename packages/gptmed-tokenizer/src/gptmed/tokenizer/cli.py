@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from gptmed.core import ManifestError, cli_errors
+from gptmed.core import DataError, ManifestError, cli_errors
 
 RULE = "=" * 60
 
@@ -108,6 +108,8 @@ def train_command(
     from gptmed.tokenizer.training import train_tokenizer
 
     with cli_errors(_debug(ctx, debug)):
+        if not Path(input_path).is_file():  # before the header: nothing to train on
+            raise DataError("input file not found", where=str(input_path), hint="check the --input path")
         click.echo("Training SentencePiece Tokenizer")
         click.echo(RULE)
         click.echo(f"Input: {input_path}")
