@@ -88,6 +88,18 @@ def test_no_records_is_an_error(tmp_path: Path, content: bytes) -> None:
         _read(path)
 
 
+@pytest.mark.parametrize(
+    ("codec", "named"), [("utf-16-le", "utf-16-le"), ("utf-16-be", "utf-16-be"), ("utf-16", "utf-16 ")]
+)
+def test_utf16_text_is_named_as_such(tmp_path: Path, codec: str, named: str) -> None:
+    path = tmp_path / "wide.txt"
+    path.write_bytes("Q: What is gout?\nA: Arthritis.\n".encode(codec))  # Windows "Unicode" text
+    with pytest.raises(DataError, match="looks like UTF-16 text") as info:  # was: a line outside any record
+        _read(path)
+    assert f"--encoding {named}".strip() in str(info.value) + " "
+    assert [p.question for p in read_qa_text(path, encoding=codec)] == ["What is gout?"]
+
+
 def test_latin1_bytes_name_line_and_offset(tmp_path: Path) -> None:
     path = tmp_path / "latin.txt"
     path.write_bytes("Q: Café?\nA: Oui.\n".encode() + "Q: Crème?\nA: brûlée.\n".encode("latin-1"))

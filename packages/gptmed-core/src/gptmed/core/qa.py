@@ -168,6 +168,26 @@ def iter_qa_lines(lines: Iterable[str], source: str = "<text>") -> Iterator[tupl
         yield done
 
 
+def _refuse_utf16(head: bytes, source: str) -> None:
+    """UTF-16 text read as UTF-8 decodes without error (ASCII gets a NUL after each character) and
+    then fails as 'a line outside any Q&A record'; name the real problem instead."""
+    has_bom = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    if has_bom or (len(head) >= 16 and head.count(b"\x00") * 4 >= len(head)):
+        nul = head.find(b"\x00")
+        endian = "" if has_bom else ("-le" if nul % 2 == 1 else "-be")
+        raise DataError(
+            "this looks like UTF-16 text, not UTF-8 ("
+            + (
+                "a UTF-16 byte-order mark"
+                if has_bom
+                else f"NUL bytes at every other position from byte offset {nul}"
+            )
+            + ")",
+            where=f"{source}:1",
+            hint=f"convert it to UTF-8 first: gptmed-data convert {source} -o qa.txt --encoding utf-16{endian}",
+        )
+
+
 def _decoded_lines(fh: IO[bytes], source: str, encoding: str) -> Iterator[str]:
     """Decode ``fh`` incrementally, yielding LF-normalised lines; bad bytes name line and offset."""
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
@@ -177,6 +197,8 @@ def _decoded_lines(fh: IO[bytes], source: str, encoding: str) -> Iterator[str]:
     while True:
         chunk = fh.read(1 << 16)
         final = not chunk
+        if offset == 0 and codecs.lookup(encoding).name == "utf-8":
+            _refuse_utf16(chunk, source)
         try:
             text = decoder.decode(chunk, final=final)
         except UnicodeDecodeError as exc:
