@@ -38,6 +38,10 @@ def _start(gen, max_queue: int = 0, **config: Any) -> Iterator[str]:  # type: ig
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
+    pool = srv.config.app.state.api.pool  # the generation threads end with the server
+    for worker in list(pool._threads):
+        worker.join(timeout=5)
+        assert not worker.is_alive(), worker.name
 
 
 @pytest.fixture(scope="module")

@@ -179,6 +179,9 @@ def test_tokenize_command(corpus: Path, trained: Path, tmp_path: Path) -> None:
     assert code == 0, err
     assert "✓ Tokenization complete!" in stdout and f"    - {out / 'train.mask.npy'}" in stdout
     assert json.loads((out / "metadata.json").read_text())["stride"] == 32
+    assert "Replacing the earlier tokenization" not in stdout
+    again = run("tokenize", "--input", str(corpus), "--tokenizer", str(trained), "--output-dir", str(out))
+    assert again[0] == 0 and f"Replacing the earlier tokenization in {out}" in again[1]  # said, not silent
     code, _, err = run(
         "tokenize",
         "--input",

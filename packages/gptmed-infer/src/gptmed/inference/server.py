@@ -647,6 +647,12 @@ def build_server(generator: Any, config: ServerConfig | None = None, log_level: 
             api.begin_drain(cfg.shutdown_timeout)
             super().handle_exit(sig, frame)
 
+        def run(self, sockets: Any = None) -> None:
+            try:
+                super().run(sockets)
+            finally:
+                api.pool.shutdown(wait=False, cancel_futures=True)  # its threads end with the server
+
     uv_config = uvicorn.Config(
         app,
         host=cfg.host,

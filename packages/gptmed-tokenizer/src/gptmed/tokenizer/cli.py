@@ -209,6 +209,10 @@ def tokenize_command(
         click.echo(f"Max length: {max_length}")
         click.echo(f"Train split: {train_split}")
         click.echo("")
+        if (Path(output_dir) / METADATA).is_file():
+            click.echo(
+                f"Replacing the earlier tokenization in {output_dir} (models trained on it stay as they are)"
+            )
         click.echo("Processing...")
         with _progress("Encoding pairs") as progress:
             manifest = tokenize_dataset(
