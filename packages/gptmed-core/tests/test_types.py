@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gptmed.core import (
@@ -188,6 +189,25 @@ def test_a_failed_write_removes_the_folders_it_made(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_open(tmp_path / "kept" / "new" / "x.txt") as fh:
         raise RuntimeError("bad record")
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_a_write_survives_another_writers_cleanup_of_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer's failed write removes the folder it made between this writer's mkdir and
+    its temp file (forced here): the write makes the folder again."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def folder_gone_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(tempfile, "mkstemp", real)
+        (tmp_path / "new").rmdir()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", folder_gone_first)
+    atomic_write_text(tmp_path / "new" / "x.txt", "ok")  # was: FileNotFoundError
+    assert (tmp_path / "new" / "x.txt").read_text() == "ok"
 
 
 def test_sweep_removes_stale_temp_files(tmp_path: Path) -> None:

@@ -332,6 +332,8 @@ def test_an_output_named_like_a_format_it_does_not_write_is_refused(tmp_path, na
         convert(src, tmp_path / name if name != "-" else name)  # out.json once held Q&A text
     assert not (tmp_path / name).exists()
     convert(src, tmp_path / "out.json", output_format="txt")  # asked for explicitly: fine
+    with pytest.raises(DataError, match="output '-'"):
+        convert(src, "-", output_format="txt")
 
 
 def test_record_start_lookalikes_inside_records_are_reported(tmp_path):

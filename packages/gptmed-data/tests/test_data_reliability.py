@@ -368,6 +368,9 @@ def test_records_key_walks_into_nested_objects(write, tmp_path):
     )  # was "no key 'payload.items'"
     with pytest.raises(DataError, match=r"no key 'itemz' in 'payload'; keys: 'meta', 'items'"):
         convert(deep, tmp_path / "c.txt", records_key="payload.itemz")
+    listed = write("l.json", json.dumps({"payload": [{"items": ROWS}]}))
+    with pytest.raises(DataError, match=r"'payload' holds an array.*not an object with key 'items'"):
+        convert(listed, tmp_path / "l.txt", records_key="payload.items")  # was: "keys: (none)"
     dotted = write("e.json", json.dumps({"a.b": ROWS}))  # a key that has a dot in its name wins
     assert convert(dotted, tmp_path / "e.txt", records_key="a.b").written == 3
 

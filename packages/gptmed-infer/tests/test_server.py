@@ -480,6 +480,24 @@ def test_slow_headers_are_cut_off_and_a_slow_body_is_408(onnx_gen) -> None:  # t
             reply += part
         assert reply.startswith(b"HTTP/1.1 408"), reply
         assert b'"code":"request_timeout"' in reply
+        assert slow_body.recv(100) == b""  # and the connection is closed with it (it stayed open)
+        # a kept-alive connection gets the same deadline for its next request's headers
+        kept = _raw(url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)
+        kept.sendall(b"GET /health HTTP/1.1\r\n")  # then trickles a header byte every 0.4 s
+        start = time.perf_counter()
+        closed = False
+        while time.perf_counter() - start < 4.0 and not closed:
+            try:
+                kept.sendall(b"X")
+                kept.settimeout(0.4)
+                closed = kept.recv(100) == b""
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server
+                closed = True
+        assert closed and time.perf_counter() - start < 2.5  # was: open for good
         assert httpx.get(url + "/health").status_code == 200  # and the server is fine
 
 

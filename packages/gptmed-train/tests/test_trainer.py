@@ -164,8 +164,9 @@ def test_the_lock_taken_on_a_removed_file_is_retaken(tmp_path: Path, monkeypatch
     could take the folder too. The interleaving is forced by releasing inside the first flock."""
     import fcntl
 
-    first = FolderLock(tmp_path)
-    first.acquire()
+    folder = tmp_path / "new" / "ck"
+    first = FolderLock(folder)
+    first.acquire()  # made the folder: its release removes it again, under the second's feet
     real_flock = fcntl.flock
     calls = []
 
@@ -176,15 +177,15 @@ def test_the_lock_taken_on_a_removed_file_is_retaken(tmp_path: Path, monkeypatch
         real_flock(fd, op)
 
     monkeypatch.setattr(fcntl, "flock", flock_after_release)
-    second = FolderLock(tmp_path)
-    second.acquire()
+    second = FolderLock(folder)
+    second.acquire()  # was: FileNotFoundError when the first had removed the folder too
     monkeypatch.setattr(fcntl, "flock", real_flock)
     assert len(calls) == 2  # locked the removed file, saw it, took the new one
-    assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+    assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
     with pytest.raises(TrainingError, match="already using"):
-        FolderLock(tmp_path).acquire()  # the file at the path is the one held
+        FolderLock(folder).acquire()  # the file at the path is the one held
     second.release()
-    assert not (tmp_path / ".lock").exists()
+    assert not (folder / ".lock").exists()
 
 
 def test_dataset_smaller_than_a_batch(tmp_path: Path) -> None:

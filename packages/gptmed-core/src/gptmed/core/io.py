@@ -70,7 +70,11 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
     folder = path.parent if str(path.parent) else Path(".")
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
+    except FileNotFoundError:  # another writer's failed write removed the folder it had made
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
     tmp = Path(tmp_name)
     try:
         if mode == "w":

@@ -38,13 +38,13 @@ def output_format_for(path: str | os.PathLike[str], output_format: str | None = 
 
     An output named like a format gptmed-data reads but does not write (``.json``, ``.csv``, ...)
     is refused rather than filled with Q&A text that no reader of that name would accept."""
+    if str(path) == "-":
+        raise DataError("output '-' (stdout) is not supported", hint="name an output file, e.g. -o qa.txt")
     if output_format is not None:
         if output_format not in OUTPUT_FORMATS:
             raise DataError(f"unknown output format {output_format!r}", hint="use txt or jsonl")
         return output_format
     p = Path(path)
-    if str(path) == "-":
-        raise DataError("output '-' (stdout) is not supported", hint="name an output file, e.g. -o qa.txt")
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"

@@ -589,10 +589,11 @@ def _records_at(top: dict[str, Any], key: str, source: str) -> list[Any]:
     path = [key] if key in top else key.split(".")
     node: Any = top
     for depth, part in enumerate(path):
-        if not isinstance(node, dict) or part not in node:
-            at = "the top-level object" if depth == 0 else f"{'.'.join(path[:depth])!r}"
-            keys = list(node) if isinstance(node, dict) else []
-            raise DataError(f"no key {part!r} in {at}; keys: {_show(keys)}", where=source)
+        at = "the top-level object" if depth == 0 else f"{'.'.join(path[:depth])!r}"
+        if not isinstance(node, dict):
+            raise DataError(f"{at} holds {_describe(node)}, not an object with key {part!r}", where=source)
+        if part not in node:
+            raise DataError(f"no key {part!r} in {at}; keys: {_show(list(node))}", where=source)
         node = node[part]
     if isinstance(node, dict):
         lists = [k for k, v in node.items() if isinstance(v, list)]

@@ -83,7 +83,13 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        headers = {401: {"WWW-Authenticate": "Bearer"}, 429: {"Retry-After": "1"}}.get(self.status)
+        headers = {
+            401: {"WWW-Authenticate": "Bearer"},
+            429: {"Retry-After": "1"},
+            # the rest of a slow or oversized body is not read: end the connection with the reply
+            408: {"Connection": "close"},
+            413: {"Connection": "close"},
+        }.get(self.status)
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
@@ -631,16 +637,26 @@ def build_server(generator: Any, config: ServerConfig | None = None, log_level: 
     api: _Api = app.state.api
 
     class TimedH11(H11Protocol):  # type: ignore[misc,unused-ignore]  # Any when uvicorn is absent (typecheck env)
-        """h11 with a deadline for the first request's headers: a client that trickles them (or
-        sends nothing) is disconnected after ``read_timeout`` s instead of holding a socket."""
+        """h11 with a deadline for each request's headers: a connection that has not started a new
+        request ``read_timeout`` s after it opened, or after its last response, is closed. Bytes
+        that trickle in cancel uvicorn's own keep-alive timer; they do not move this deadline."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override,unused-ignore]
             super().connection_made(transport)
-            self.loop.call_later(cfg.read_timeout, self._headers_due)
+            self._arm()
 
-        def _headers_due(self) -> None:
-            if self.cycle is None and not self.transport.is_closing():
-                self.transport.close()
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def _arm(self) -> None:
+            waiting_after = self.cycle  # the request a new one must come after (None: the first)
+            self.loop.call_later(cfg.read_timeout, self._headers_due, waiting_after)
+
+        def _headers_due(self, waiting_after: Any) -> None:
+            idle = self.cycle is None or self.cycle.response_complete  # not inside a request
+            if idle and self.cycle is waiting_after and not self.transport.is_closing():
+                self.transport.close()  # no new request began in time
 
     class Server(uvicorn.Server):  # type: ignore[misc,unused-ignore]
         def handle_exit(self, sig: int, frame: Any) -> None:

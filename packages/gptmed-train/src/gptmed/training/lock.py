@@ -42,6 +42,8 @@ class FolderLock:
             log.warning("file locking is not available here; do not run two trainers on %s", self.folder)
             return
         while True:
+            # again on every try: a holder that made the folder removes it when it releases
+            self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
