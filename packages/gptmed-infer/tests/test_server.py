@@ -434,15 +434,7 @@ def test_more_slots_than_the_default_thread_pool_all_run_at_once(onnx_gen, artif
         model=_NeverEnds(onnx_gen.backend, onnx_gen.special_ids.eos),
         tokenizer_path=str(artifacts.bundle / "tokenizer.model"),
     )
-    body = {
-        "prompt": "What is fever?",
-        "temperature": 1.5,
-        "top_k": 0,
-        "max_tokens": 64,
-        "stop": ["zzzz"],
-        "seed": 0,
-        "stream": True,
-    }
+    body = {**_LONG, "stream": True}
 
     def first_piece(url: str) -> float:
         """Seconds to the first text; reads the stream to its end (leaving early would free the slot)."""

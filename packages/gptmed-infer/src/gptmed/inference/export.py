@@ -268,10 +268,7 @@ def quantize_int8(
 
     # onnxruntime's quantizer logs "Please consider to run pre-processing before quantization"
     # through the root logger: advice for its own users, noise in ours (the gate below measures).
-    root = logging.getLogger()
-    root_level = root.level
-    root.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(None), _restore_level(root, root_level):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None), _root_logger_at(logging.ERROR):
         warnings.simplefilter("ignore")
         quantize_dynamic(
             str(fp32_path),
@@ -389,11 +386,14 @@ def _resolve_tokenizer(
 
 
 @contextlib.contextmanager
-def _restore_level(logger: logging.Logger, level: int) -> Any:
+def _root_logger_at(level: int) -> Any:
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        root.setLevel(before)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

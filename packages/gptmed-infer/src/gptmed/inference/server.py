@@ -81,8 +81,10 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         headers = {
             401: {"WWW-Authenticate": "Bearer"},
             429: {"Retry-After": "1"},
@@ -90,7 +92,15 @@ class APIError(Exception):
             408: {"Connection": "close"},
             413: {"Connection": "close"},
         }.get(self.status)
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _shutting_down() -> APIError:
@@ -372,11 +382,7 @@ class _Api:
             )
         result = await self._generate(request, prompt, params, slots)
         finish = "length" if result.finish_reason == "length" else "stop"
-        usage = {
-            "prompt_tokens": n_prompt,
-            "completion_tokens": len(result.token_ids),
-            "total_tokens": n_prompt + len(result.token_ids),
-        }
+        usage = _usage(n_prompt, len(result.token_ids))
         base = {"id": ident, "created": int(time.time()), "model": self.cfg.model_name, "usage": usage}
         if chat:
             choice = {
@@ -476,24 +482,28 @@ class _Api:
             except Exception as exc:  # surfaced to the client as an error event
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
-        def chunk(delta: dict[str, Any] | str, finish: str | None) -> bytes:
-            if chat:
-                obj = {
-                    "id": ident,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": self.cfg.model_name,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                }
-            else:
-                obj = {
-                    "id": ident,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": self.cfg.model_name,
-                    "choices": [{"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}],
-                }
+        def event(obj: dict[str, Any]) -> bytes:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+        def envelope(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+            kind = "chat.completion.chunk" if chat else "text_completion"
+            return {
+                "id": ident,
+                "object": kind,
+                "created": created,
+                "model": self.cfg.model_name,
+                "choices": choices,
+                **extra,
+            }
+
+        def chunk(delta: dict[str, Any] | str, finish: str | None) -> bytes:
+            choice = {
+                "index": 0,
+                "delta" if chat else "text": delta,
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            return event(envelope([choice]))
 
         worker = loop.run_in_executor(self.pool, produce)
         finished = False
@@ -509,20 +519,7 @@ class _Api:
                     reason, n = value
                     yield chunk({} if chat else "", reason)
                     if include_usage:  # OpenAI: one more chunk with no choices and the usage
-                        usage = {
-                            "prompt_tokens": n_prompt,
-                            "completion_tokens": n,
-                            "total_tokens": n_prompt + n,
-                        }
-                        obj: dict[str, Any] = {
-                            "id": ident,
-                            "object": "chat.completion.chunk" if chat else "text_completion",
-                            "created": created,
-                            "model": self.cfg.model_name,
-                            "choices": [],
-                            "usage": usage,
-                        }
-                        yield f"data: {json.dumps(obj)}\n\n".encode()
+                        yield event(envelope([], usage=_usage(n_prompt, n)))
                     yield b"data: [DONE]\n\n"
                     finished = True
                     return
@@ -530,15 +527,7 @@ class _Api:
                     error = (
                         value if isinstance(value, APIError) else APIError(500, str(value), "server_error")
                     )
-                    err = {
-                        "error": {
-                            "message": error.message,
-                            "type": error.type,
-                            "param": None,
-                            "code": error.code,
-                        }
-                    }
-                    yield f"data: {json.dumps(err)}\n\n".encode()
+                    yield event(error.body())
                     yield b"data: [DONE]\n\n"
                     finished = True
                     return
