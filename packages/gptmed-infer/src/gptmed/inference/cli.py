@@ -195,8 +195,7 @@ def _answer_all(gen: Any, prompts: list[str], params: dict[str, Any], kw: dict[s
                 raise
             question = chunk[exc.row]
             shown = question if len(question) <= 50 else question[:47] + "..."
-            sep = " " if exc.problem.startswith("has ") else ": "
-            raise GptmedError(f"question {start + exc.row + 1} ({shown!r}){sep}{exc.problem}") from None
+            raise GptmedError(exc.about(f"question {start + exc.row + 1} ({shown!r})")) from None
         for prompt, answer in zip(chunk, answers, strict=True):
             _emit(prompt, answer, kw["as_json"], single)
 

@@ -77,10 +77,14 @@ class PromptError(ConfigError):
     """A prompt that cannot run (no tokens, bad ids, too long); ``row`` is its index in the call."""
 
     def __init__(self, row: int, problem: str) -> None:
-        super().__init__(
-            f"prompt {row} {problem}" if problem.startswith("has ") else f"prompt {row}: {problem}"
-        )
         self.row, self.problem = row, problem
+        super().__init__(self.about(f"prompt {row}"))
+
+    def about(self, subject: str) -> str:
+        """The message with another name for the prompt ("question 3 ('What...')")."""
+        return (
+            f"{subject} {self.problem}" if self.problem.startswith("has ") else f"{subject}: {self.problem}"
+        )
 
 
 @dataclass(frozen=True)
