@@ -39,6 +39,7 @@ from gptmed.core.qa import (
     normalize_text,
     read_qa_records,
     read_qa_text,
+    utf16_codec,
     write_qa_text,
 )
 from gptmed.core.template import DEFAULT_STOP, DEFAULT_TEMPLATE, SPECIAL_IDS, PromptTemplate, SpecialIds
@@ -97,5 +98,6 @@ __all__ = [
     "sha256_bytes",
     "sha256_file",
     "sweep_temp_files",
+    "utf16_codec",
     "write_qa_text",
 ]

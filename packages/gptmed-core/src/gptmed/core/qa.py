@@ -30,6 +30,7 @@ __all__ = [
     "iter_qa_lines",
     "normalize_text",
     "read_qa_text",
+    "utf16_codec",
     "write_qa_text",
 ]
 
@@ -168,24 +169,33 @@ def iter_qa_lines(lines: Iterable[str], source: str = "<text>") -> Iterator[tupl
         yield done
 
 
+def utf16_codec(head: bytes) -> str | None:
+    """The UTF-16 codec the first bytes of a file are in (``utf-16`` with a byte-order mark,
+    ``utf-16-le``/``-be`` when NUL bytes fill every other position), or None. UTF-16 text read as
+    UTF-8 decodes without error, so readers ask this first."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if len(head) >= 16 and head.count(b"\x00") * 4 >= len(head):
+        return "utf-16-le" if head.index(b"\x00") % 2 == 1 else "utf-16-be"
+    return None
+
+
 def _refuse_utf16(head: bytes, source: str) -> None:
-    """UTF-16 text read as UTF-8 decodes without error (ASCII gets a NUL after each character) and
-    then fails as 'a line outside any Q&A record'; name the real problem instead."""
-    has_bom = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
-    if has_bom or (len(head) >= 16 and head.count(b"\x00") * 4 >= len(head)):
-        nul = head.find(b"\x00")
-        endian = "" if has_bom else ("-le" if nul % 2 == 1 else "-be")
-        raise DataError(
-            "this looks like UTF-16 text, not UTF-8 ("
-            + (
-                "a UTF-16 byte-order mark"
-                if has_bom
-                else f"NUL bytes at every other position from byte offset {nul}"
-            )
-            + ")",
-            where=f"{source}:1",
-            hint=f"convert it to UTF-8 first: gptmed-data convert {source} -o qa.txt --encoding utf-16{endian}",
-        )
+    """Name UTF-16 text read as UTF-8, which would otherwise fail as 'a line outside any Q&A record'."""
+    codec = utf16_codec(head)
+    if codec is None:
+        return
+    nul = head.find(b"\x00")
+    evidence = (
+        "a UTF-16 byte-order mark"
+        if codec == "utf-16"
+        else f"NUL bytes at every other position from byte offset {nul}"
+    )
+    raise DataError(
+        f"this looks like UTF-16 text, not UTF-8 ({evidence})",
+        where=f"{source}:1",
+        hint=f"convert it to UTF-8 first: gptmed-data convert {source} -o qa.txt --encoding {codec}",
+    )
 
 
 def _decoded_lines(fh: IO[bytes], source: str, encoding: str) -> Iterator[str]:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import IO, cast
 
-from gptmed.core import DataError
+from gptmed.core import DataError, utf16_codec
 
 __all__ = ["decode_error", "open_binary", "open_text"]
 
@@ -43,21 +43,21 @@ def _sniff(raw: IO[bytes], source: str, codec: str) -> None:
     if codec != "utf-8":
         return
     head = raw.peek(4096)[:4096] if hasattr(raw, "peek") else b""  # BufferedReader and GzipFile peek
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    utf16 = utf16_codec(head)
+    if utf16 == "utf-16":
         bom = "FF FE" if head.startswith(codecs.BOM_UTF16_LE) else "FE FF"
         raise DataError(
             f"not valid UTF-8: the file starts with a UTF-16 byte-order mark ({bom}) at byte offset 0",
             where=f"{source}:1",
             hint="pass --encoding utf-16",
         )
-    if len(head) >= 16 and head.count(b"\x00") * 4 >= len(head):
+    if utf16 is not None:
         first = head.index(b"\x00")
-        endian = "le" if first % 2 == 1 else "be"
         raise DataError(
             f"not valid UTF-8 text: NUL bytes at every other position from byte offset {first} "
             "(UTF-16 without a byte-order mark?)",
             where=f"{source}:1",
-            hint=f"pass --encoding utf-16-{endian}",
+            hint=f"pass --encoding {utf16}",
         )
 
 
