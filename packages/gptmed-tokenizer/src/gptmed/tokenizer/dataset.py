@@ -345,9 +345,9 @@ def tokenize_dataset(
         input_sha256 = input_hash.result()
     t_enc = time.perf_counter()
     # prompt tokens of each pair (BOS + rendered question, before its first answer token)
-    prompt_lens = np.array(
-        [int(np.argmax(enc.mask[a : a + n])) for a, n in zip(enc.start, enc.length, strict=True)]
-    )
+    # (every pair has one: its EOS is marked), found without a Python loop over the pairs
+    answer_at = np.flatnonzero(enc.mask)
+    prompt_lens = answer_at[np.searchsorted(answer_at, enc.start)] - enc.start
     unanswerable = int((prompt_lens >= max_length).sum())  # not even one answer token fits after them
     if unanswerable and unanswerable == len(questions):
         raise ConfigError(
