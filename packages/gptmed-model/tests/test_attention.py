@@ -132,6 +132,24 @@ def test_fused_falls_back_for_unsupported_masks_and_head_dims() -> None:
         torch.testing.assert_close(attention(q, k, v), math_attention(q, k, v))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_backend_sends_decode_steps_to_sdpa_and_keeps_training_shapes() -> None:
+    """A decode step on the fused backend is sdpa's call, bit for bit (our split-K kernel is bound by
+    host time there); a training-shaped call still runs our kernel (it differs from sdpa's rounding)."""
+    q, k, v = qkv(2, 4, 1, 300, 64, torch.bfloat16, "cuda")
+    with torch.no_grad(), use_backend("fused"):
+        decode = attention(q, k, v)
+    assert torch.equal(decode, sdpa_attention(q, k, v))
+    q, k, v = qkv(2, 4, 256, 256, 64, torch.bfloat16, "cuda", grad=True)
+    with use_backend("fused"):
+        train = attention(q, k, v)
+    assert not torch.equal(train, sdpa_attention(q, k, v))
+    torch.testing.assert_close(
+        train, math_attention(q.float(), k.float(), v.float()).bfloat16(), atol=2e-2, rtol=0
+    )
+
+
 # -- packed rows: per-run attention -----------------------------------------------------------------
 def test_segment_runs_cut_at_row_starts_and_id_changes() -> None:
     from gptmed.model.attention import segment_runs

@@ -18,8 +18,9 @@ Backends:
     the project's own FlashAttention-style Triton kernel (:mod:`gptmed.model.kernels.triton_attention`),
     forward and backward, plus a split-K decode path for short queries against a long KV cache.
     Chosen by default when CUDA is available and ``triton`` imports. Inputs it does not cover
-    (CPU tensors, head dims other than 16/32/64/128, masks other than key padding) and float32 on
-    CUDA (the kernel runs fp32 exactly, without tensor cores) go to ``sdpa``; call
+    (CPU tensors, head dims other than 16/32/64/128, masks other than key padding), float32 on
+    CUDA (the kernel runs fp32 exactly, without tensor cores) and decode steps (at most 16 queries,
+    no grad: one call is bound by host time, where sdpa's single kernel launch wins) go to ``sdpa``; call
     :func:`gptmed.model.kernels.triton_attention.flash_attention` directly to force it.
 ``sdpa``
     :func:`torch.nn.functional.scaled_dot_product_attention`, the default on CPU.
@@ -206,6 +207,14 @@ def _fallback(reason: str) -> None:
         _log.info("fused attention falls back to sdpa: %s", reason)
 
 
+def _decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """A generation step's shape: at most ``DECODE_MAX_T`` queries and nothing to differentiate."""
+    from gptmed.model.kernels.triton_attention import DECODE_MAX_T
+
+    need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return not need_grad and q.size(2) <= DECODE_MAX_T
+
+
 def _fused(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -216,6 +225,11 @@ def _fused(
         why = ta.unsupported_reason(q, k, v)
     if why is None and q.is_cuda and q.dtype == torch.float32:
         why = "float32 on CUDA (our kernel keeps fp32 exact, without tensor cores; sdpa is faster there)"
+    if why is None and q.is_cuda and _decode_step(q, k, v):
+        why = (
+            "a decode step (few queries, no grad): sdpa is faster there (the split-K kernel is bound by"
+            " host time: 0.06-0.24x sdpa on an H200, bench/attention.py)"
+        )
     if why is not None:
         _fallback(why)
         return sdpa_attention(q, k, v, causal=causal, mask=mask)
