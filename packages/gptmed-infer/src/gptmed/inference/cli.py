@@ -316,7 +316,12 @@ def export_cmd(
 @click.option(
     "--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Held-out Q&A text file."
 )
-@click.option("--max-length", type=click.IntRange(min=1), default=None, help="New tokens per answer.")
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="New tokens per answer, capped by the room each question leaves [default: longest reference + 8].",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N pairs only.")
 @click.option("--int8", is_flag=True, help="Evaluate the int8 graph.")
 @_threads_option

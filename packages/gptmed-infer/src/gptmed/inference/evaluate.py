@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -103,7 +104,9 @@ def evaluate(
 ) -> EvalReport:
     """Score ``generator`` (a :class:`~gptmed.inference.TextGenerator`) on Q&A ``pairs`` (or a Q&A file).
 
-    Answers are generated greedily; ``max_length`` defaults to the longest reference + 8 tokens.
+    Answers are generated greedily; ``max_length`` defaults to the longest reference + 8 tokens,
+    capped per pair by the room its prompt leaves in the context (pairs are batched with pairs of
+    the same budget, so the scores do not depend on the order of the pairs or on ``batch_size``).
     A pair whose prompt fills the model's context is skipped and counted (``skipped``, with the
     first few places in ``skipped_where``); an answer longer than the room left is scored for
     perplexity on the part that fits and counted in ``truncated_answers``.
@@ -147,13 +150,20 @@ def evaluate(
             hint="evaluate on pairs of the kind the model was trained on",
         )
     longest = max(len(tok.encode(p.answer)) for p in items) + 8
-    predictions: list[str] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        questions = [p.question for p in chunk]
-        room = ctx - max(len(generator.encode_prompt(q)) for q in questions)
-        n = max(1, min(max_length or longest, room))
-        predictions += generator.generate_batch(questions, temperature=0.0, max_length=n)
+    # Each pair gets its own budget (capped by the room its prompt leaves), never its batch's: a
+    # long question must not cut the answers batched with it. Batches hold pairs of one budget.
+    budget = [min(max_length or longest, ctx - len(generator.encode_prompt(p.question))) for p in items]
+    predictions = [""] * len(items)
+    by_budget = sorted(range(len(items)), key=budget.__getitem__)
+    for n, group in itertools.groupby(by_budget, key=budget.__getitem__):
+        rows = list(group)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            answers = generator.generate_batch(
+                [items[i].question for i in chunk], temperature=0.0, max_length=n
+            )
+            for i, answer in zip(chunk, answers, strict=True):
+                predictions[i] = answer
     refs = [p.answer for p in items]
     em = float(np.mean([exact_match(p, r) for p, r in zip(predictions, refs, strict=True)]))
     f1 = float(np.mean([token_f1(p, r) for p, r in zip(predictions, refs, strict=True)]))
