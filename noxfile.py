@@ -240,6 +240,18 @@ assert {"generate", "infer", "tokenizer"} <= names, names
 assert not names & {"train", "model", "data"}, names  # not installed here
 assert "cli-reference" not in names, names  # hidden
 print("gptmed --help on an infer-only install lists:", sorted(names))
+# a component that is not installed, and the pipeline without its components: one line each, exit 1
+for argv, expected in (
+    (["gptmed", "train", "-h"], "Error: `gptmed train` comes with gptmed-train, which is not installed: pip install gptmed-train"),
+    (["gptmed", "pipeline", "-h"], None),
+    (["gptmed", "quickstart", "--out", "qs"], "Error: gptmed quickstart needs gptmed-data, gptmed-model, gptmed-train, gptmed-infer[export], not installed here; install every component with: pip install gptmed"),
+):
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if expected is None:
+        assert r.returncode == 0, r.stderr
+        continue
+    assert (r.returncode, r.stderr.strip()) == (1, expected), (argv, r.returncode, r.stderr)
+    print(" ".join(argv[1:]), "->", r.stderr.strip())
 """
 
 

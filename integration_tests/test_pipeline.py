@@ -108,3 +108,26 @@ def test_pipeline_killed_during_training_continues_where_it_stopped(
     assert states["Train the model"] == "ran"
     assert "resuming from the newest checkpoint" in rerun.stdout
     assert (out / "bundle" / "gptmed.json").exists()
+
+
+def test_pipeline_interrupted_during_training_says_how_to_continue_in_one_line(
+    tmp_path: Path, sources: dict[str, Path]
+) -> None:
+    """Ctrl-C while the model trains: the checkpoint is saved and named, exit 130, no traceback
+    (the umbrella let gptmed-train's TrainingInterrupted through as a traceback, exit 1)."""
+    out = tmp_path / "sigint"
+    argv = [str(Path(sys.executable).parent / "gptmed"), "pipeline", str(sources["json"]), "--out", str(out),
+            "--model-size", "tiny", "--epochs", "30", "--batch-size", "8"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((out / "model" / "checkpoints").glob("checkpoint_epoch_*.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("Interrupted at step ") and "Rerun the same command" in last, stderr
+    saved = Path(last.split("saved ", 1)[1].split(". Rerun", 1)[0])
+    assert (tmp_path / saved).is_file() or saved.is_file(), last

@@ -8,7 +8,11 @@ imports neither torch nor onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
+import importlib.util
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,36 @@ _SHORT = {
     "infer": "Export to ONNX, evaluate, serve (gptmed-infer).",
     "generate": "Answer questions from a bundle or checkpoint (gptmed-infer).",
 }
+
+
+# What each component subcommand comes with, for a clear error when it is not installed.
+_PROVIDER = {
+    "data": "gptmed-data",
+    "tokenizer": "gptmed-tokenizer",
+    "model": "gptmed-model",
+    "train": "gptmed-train",
+    "infer": "gptmed-infer",
+    "generate": "gptmed-infer",
+}
+# The modules `gptmed pipeline` / `gptmed quickstart` run, and the distribution of each.
+_PIPELINE_MODULES = {
+    "gptmed.data": "gptmed-data",
+    "gptmed.tokenizer": "gptmed-tokenizer",
+    "gptmed.model": "gptmed-model",
+    "gptmed.training": "gptmed-train",
+    "gptmed.inference": "gptmed-infer",
+    "onnx": "gptmed-infer[export]",
+}
+
+
+def _require_pipeline_components(command: str) -> None:
+    """One line naming what is missing, before any step runs (not a ModuleNotFoundError midway)."""
+    missing = [dist for module, dist in _PIPELINE_MODULES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise click.ClickException(
+            f"gptmed {command} needs {', '.join(missing)}, not installed here; "
+            "install every component with: pip install gptmed"
+        )
 
 
 def component_commands() -> dict[str, tuple[md.EntryPoint, str]]:
@@ -67,6 +101,11 @@ class _Umbrella(click.Group):
             return own
         entry = component_commands().get(cmd_name)
         if entry is None:
+            if cmd_name in _PROVIDER:
+                dist = _PROVIDER[cmd_name]
+                raise click.ClickException(
+                    f"`gptmed {cmd_name}` comes with {dist}, which is not installed: pip install {dist}"
+                )
             return None
         return _load(cmd_name, entry[0])
 
@@ -82,6 +121,26 @@ def _version() -> str:
         return md.version("gptmed")
     except md.PackageNotFoundError:  # pragma: no cover
         return "0.0.0"
+
+
+@contextlib.contextmanager
+def _training_signals(debug: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM during the training step: one line naming the saved checkpoint and how to
+    continue, exit 128 + signum (gptmed-train's own contract; the step raised TrainingInterrupted)."""
+    try:
+        yield
+    except Exception as exc:
+        try:
+            from gptmed.training.errors import TrainingInterrupted
+        except ImportError:  # gptmed-train not installed: nothing of it can be in flight
+            raise exc from None
+        if debug or not isinstance(exc, TrainingInterrupted):
+            raise
+        where = f"saved {exc.checkpoint}" if exc.checkpoint else "nothing saved (no step taken)"
+        click.echo(
+            f"Interrupted at step {exc.step}: {where}. Rerun the same command to continue from it.", err=True
+        )
+        sys.exit(exc.exit_code)
 
 
 @click.group(cls=_Umbrella, context_settings={"help_option_names": ["-h", "--help"]})
@@ -127,9 +186,10 @@ def pipeline(input_path: Path, out: Path, debug: bool, **kwargs: Any) -> None:
 
     Every artifact lands in OUT; rerunning after a crash continues where it stopped.
     """
+    _require_pipeline_components("pipeline")
     from gptmed.cli.pipeline import PipelineOptions, run_pipeline
 
-    with cli_errors(debug):
+    with cli_errors(debug), _training_signals(debug):
         result = run_pipeline(PipelineOptions(input=input_path, out=out, **kwargs), echo=click.echo)
     click.echo(f"\n✓ Bundle: {result.bundle}")
     click.echo(f'  Try it: gptmed-generate --checkpoint {result.bundle} --prompt "..."')
@@ -143,9 +203,10 @@ def pipeline(input_path: Path, out: Path, debug: bool, **kwargs: Any) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def quickstart(out: Path, epochs: int, questions: int, force: bool, debug: bool) -> None:
     """The whole pipeline on the embedded sample (tiny model), then a few questions answered."""
+    _require_pipeline_components("quickstart")
     from gptmed.cli.quickstart import run_quickstart
 
-    with cli_errors(debug):
+    with cli_errors(debug), _training_signals(debug):
         result = run_quickstart(out, epochs=epochs, questions=questions, force=force, echo=click.echo)
     click.echo(
         f"\nThe exported bundle (onnxruntime, no torch) answers {result.exact} of {result.asked} "
