@@ -121,6 +121,23 @@ def test_graph_io_differing_from_manifest_fails_at_load(copy: Path) -> None:
         TextGenerator.from_bundle(copy)  # at load, not at the first request
 
 
+def test_a_graph_onnxruntime_rejects_names_the_onnxruntime_version(copy: Path) -> None:
+    """An older onnxruntime rejects the graph's GroupQueryAttention (1.17 did): re-exporting cannot
+    help there, so the error says which onnxruntime runs and which gptmed-infer needs."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(copy / "model.onnx"))
+    next(n for n in model.graph.node if n.op_type == "GroupQueryAttention").op_type = "NoSuchAttention"
+    onnx.save_model(model, str(copy / "model.onnx"))
+    data = json.loads((copy / "gptmed.json").read_text())
+    data["files"]["model.onnx"] = sha256_file(copy / "model.onnx")
+    (copy / "gptmed.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="onnxruntime cannot load model.onnx") as err:
+        TextGenerator.from_bundle(copy)
+    assert f"this is onnxruntime {ort.__version__} (gptmed-infer needs >= 1.18" in str(err.value)
+
+
 def test_manifest_io_names_not_matching_the_config_fail(copy: Path) -> None:
     data = json.loads((copy / "gptmed.json").read_text())
     data["inputs"] = data["inputs"][:-2]

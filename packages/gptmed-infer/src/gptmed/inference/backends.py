@@ -120,7 +120,8 @@ class OnnxBackend:
             raise BundleError(
                 f"onnxruntime cannot load {bundle.model_file}: {str(exc).splitlines()[0][:200]}",
                 where=str(bundle.model_path),
-                hint="re-export the bundle",
+                hint=f"this is onnxruntime {ort.__version__} (gptmed-infer needs >= 1.18: pip install -U onnxruntime); "
+                "if it is, re-export the bundle",
             ) from None
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
