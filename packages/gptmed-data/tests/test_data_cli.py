@@ -174,6 +174,17 @@ def test_sample_cli(cli, tmp_path):
     assert cli("sample", "-o", tmp_path / "s.txt").exit_code == 1
 
 
+def test_sample_to_standard_output_writes_no_file_named_dash(tmp_path):
+    from gptmed.data import sample_path
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptmed.data.cli", "sample", "-o", "-"], cwd=tmp_path, capture_output=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == sample_path().read_bytes()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_console_script_runs(tmp_path):
     (tmp_path / "in.jsonl").write_text(jsonl(ROWS))
     proc = subprocess.run(

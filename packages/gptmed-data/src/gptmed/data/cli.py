@@ -309,7 +309,10 @@ def synth(
 
 @main.command()
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Copy the sample to this file."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Copy the sample to this file (- for standard output).",
 )
 @click.option("--info", is_flag=True, help="Print the number of pairs and the license.")
 @click.option("--path", "show_path", is_flag=True, help="Print the path of the embedded sample.")
@@ -329,7 +332,9 @@ def sample(
             click.echo(str(sample_path()))
         if info:
             click.echo(sample_info().to_text())
-        if output:
+        if output == Path("-"):  # standard output, not a file named "-"
+            click.echo(sample_path().read_text(encoding="utf-8"), nl=False)
+        elif output:
             copy_sample(output, overwrite=overwrite)
             click.echo(f"copied the sample to {output}")
 
