@@ -30,7 +30,13 @@ from gptmed.core.io import (
     sha256_file,
     sweep_temp_files,
 )
-from gptmed.core.manifests import BundleManifest, CheckpointManifest, DatasetManifest, check_compatible
+from gptmed.core.manifests import (
+    BundleManifest,
+    CheckpointManifest,
+    DatasetManifest,
+    check_compatible,
+    installed_version,
+)
 from gptmed.core.protocols import AnswerGenerator, Tokenizer
 from gptmed.core.qa import (
     QAPair,
@@ -48,12 +54,7 @@ from gptmed.core.template import DEFAULT_STOP, DEFAULT_TEMPLATE, SPECIAL_IDS, Pr
 def __getattr__(name: str) -> Any:
     # Lazy: importlib.metadata pulls in the email package, ~25 ms of every CLI's start-up.
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version("gptmed-core")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            return "0.0.0"
+        return installed_version("gptmed-core")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -91,6 +92,7 @@ __all__ = [
     "get_medium_config",
     "get_small_config",
     "get_tiny_config",
+    "installed_version",
     "iter_qa_lines",
     "normalize_text",
     "read_qa_records",

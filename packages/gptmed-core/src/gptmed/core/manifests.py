@@ -28,9 +28,25 @@ __all__ = [
     "DatasetManifest",
     "Manifest",
     "check_compatible",
+    "installed_version",
 ]
 
 M = TypeVar("M", bound="Manifest")
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of ``distribution`` ("0.0.0" from a bare source tree).
+
+    Imports :mod:`importlib.metadata` on first use only: it pulls in the email package, ~25-45 ms of
+    every command's start-up, so each gptmed package's ``__version__`` calls this lazily.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
 
 _NESTED = {
     "special_ids": SpecialIds,

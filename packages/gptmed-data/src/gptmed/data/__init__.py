@@ -66,12 +66,9 @@ assert set(__all__) == {*_WHERE, "__version__"}
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+        from gptmed.core import installed_version
 
-        try:
-            value: Any = version("gptmed-data")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            value = "0.0.0"
+        value: Any = installed_version("gptmed-data")
     elif name in _WHERE:
         value = getattr(importlib.import_module(_WHERE[name]), name)
     else:

@@ -5,17 +5,20 @@ The ONNX exporter (:mod:`gptmed.inference.export`) needs the ``[export]`` extra;
 modules never import torch or onnx.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
+from gptmed.core import installed_version
 from gptmed.inference.bundle import Bundle, load_bundle
 from gptmed.inference.generator import GenerationResult, TextGenerator
 from gptmed.inference.sampling import Sampler, make_config
 from gptmed.inference.streaming import AnswerStream
 
-try:
-    __version__ = version("gptmed-infer")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # lazy: see gptmed.core.installed_version
+        return installed_version("gptmed-infer")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnswerStream",
