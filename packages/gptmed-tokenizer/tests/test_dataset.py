@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,11 @@ def reference_pack(
                 cur = ([], [])
             start = 0
             while True:
-                rows.append((ids[start : start + length], mask[start : start + length]))
+                window_mask = mask[start : start + length]
+                if start:  # tokens the previous window predicts, and position 0, are context only
+                    cut = max(1, length - stride)
+                    window_mask = [0] * cut + window_mask[cut:]
+                rows.append((ids[start : start + length], window_mask))
                 if start + length >= len(ids):
                     break
                 start += stride
@@ -73,7 +78,7 @@ def test_files_and_manifest(corpus: Path, trained: Path, tok: Tokenizer, tmp_pat
     assert manifest.tokenizer_sha256 == tok.sha256 == hashlib.sha256(trained.read_bytes()).hexdigest()
     assert manifest.input_sha256 == hashlib.sha256(corpus.read_bytes()).hexdigest()
     assert manifest.vocab_size == 600 and manifest.special_ids == SPECIAL_IDS
-    assert (manifest.max_length, manifest.stride, manifest.seed, manifest.train_split) == (128, 128, 7, 0.8)
+    assert (manifest.max_length, manifest.stride, manifest.seed, manifest.train_split) == (128, 127, 7, 0.8)
     assert manifest.train_pairs + manifest.val_pairs == 400 and manifest.val_pairs == 80
     assert manifest.dtype == "uint16" and manifest.template.name == "qa-v1"
     for split in ("train", "val"):
@@ -104,10 +109,47 @@ def test_packing_matches_reference(
     assert manifest.extra["val_pair_indices"] == val_idx.tolist()  # recorded: which pairs are held out
     for split, index in (("train", train_idx), ("val", val_idx)):
         seqs = [tok.encode_pair(pairs[i].question, pairs[i].answer) for i in index]
-        want_tokens, want_mask = reference_pack(seqs, max_length, stride or max_length)
+        want_tokens, want_mask = reference_pack(seqs, max_length, stride or max_length - 1)
         tokens, mask = load_split(tmp_path, split)
         np.testing.assert_array_equal(tokens, want_tokens)
         np.testing.assert_array_equal(mask, want_mask)
+
+
+@pytest.mark.parametrize("stride", [None, 30, 7, 1])
+def test_every_answer_token_of_a_long_pair_is_a_target_exactly_once(
+    trained: Path, tok: Tokenizer, tmp_path: Path, stride: int | None
+) -> None:
+    """Over a windowed pair, the training targets (y = row[1:] where mask[1:] is 1) are its answer
+    tokens + EOS, each once: before, the token at each boundary of non-overlapping windows was never
+    a target, and overlapping windows trained (and counted) the overlap twice."""
+    long_answer = " ".join(f"word{i}" for i in range(80))
+    corpus = write_corpus(tmp_path / "qa.txt", [QAPair("long one?", long_answer), QAPair("val?", "v.")])
+    ids, pair_mask = tok.encode_pair("long one?", long_answer)
+    manifest = tokenize_dataset(
+        corpus, trained, tmp_path / "ds", max_length=40, stride=stride, train_split=0.5
+    )
+    step = 39 if stride is None else stride
+    assert manifest.stride == step
+    split = next(s for s in ("train", "val") if load_split(tmp_path / "ds", s)[0][0, :5].tolist() == ids[:5])
+    rows, mask = load_split(tmp_path / "ds", split)
+    trained_at = Counter()
+    for k, start in enumerate(windows(len(ids), 40, step)):
+        assert rows[k].tolist()[: min(40, len(ids) - start)] == ids[start : start + 40]
+        trained_at.update(start + j for j in range(1, 40) if mask[k, j])
+    answer = [i for i, m in enumerate(pair_mask) if m]
+    assert sorted(trained_at) == answer and set(trained_at.values()) == {1}
+    assert manifest.extra[f"{split}_answer_tokens"] == len(answer)
+    assert manifest.extra["untrained_window_tokens"] == 0
+
+
+def test_windows_that_do_not_overlap_count_the_boundary_tokens_nobody_predicts(
+    trained: Path, tok: Tokenizer, tmp_path: Path
+) -> None:
+    long_answer = " ".join(f"word{i}" for i in range(80))
+    corpus = write_corpus(tmp_path / "qa.txt", [QAPair("long one?", long_answer), QAPair("val?", "v.")])
+    ids, _ = tok.encode_pair("long one?", long_answer)
+    manifest = tokenize_dataset(corpus, trained, tmp_path / "ds", max_length=40, stride=40, train_split=0.5)
+    assert manifest.extra["untrained_window_tokens"] == len(windows(len(ids), 40, 40)) - 1
 
 
 def test_long_pair_windows(trained: Path, tok: Tokenizer, tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def train_command(
     "--stride",
     default=None,
     type=click.IntRange(min=1),
-    help="Step between sliding windows of a pair longer than --max-length  [default: max-length]",
+    help="Step between sliding windows of a pair longer than --max-length  [default: max-length - 1]",
 )
 @click.option("--seed", default=42, show_default=True, type=click.IntRange(min=0), help="Split seed.")
 @click.option(
@@ -236,6 +236,13 @@ def tokenize_command(
                 f"  Pairs longer than {max_length} tokens: {manifest.extra['long_pairs']:,} of {pairs:,} "
                 f"(cut into windows; longest {int(manifest.extra.get('longest_pair_tokens', 0)):,} tokens)"
             )
+            if manifest.stride == max_length:
+                click.echo(
+                    f"  Warning: --stride {max_length} = --max-length: the first token of each later window "
+                    f"is context only, so {manifest.extra['untrained_window_tokens']:,} answer token(s) are "
+                    f"nobody's target (the default, {max_length - 1}, overlaps windows by that token)",
+                    err=True,
+                )
         if manifest.extra.get("questions_over_max_length"):
             click.echo(
                 f"  Warning: {manifest.extra['questions_over_max_length']:,} question(s) fill all {max_length} "

@@ -8,8 +8,10 @@
    whitespace-insensitively) go to the same side, so no question is in both train and val;
 4. pack each split's pairs, in file order, greedily into rows of ``max_length``; a row never starts in
    the middle of a pair unless the pair alone is longer than ``max_length``: it then gets rows of its
-   own, sliding windows every ``stride`` tokens up to the first that reaches its end. Rows are
-   right-padded with pad id 0;
+   own, sliding windows every ``stride`` tokens up to the first that reaches its end. A later window
+   keeps mask 0 on the tokens the window before it already predicts, so every answer token is a
+   loss target exactly once (the default stride, ``max_length - 1``, overlaps windows by the one
+   token that would otherwise be nobody's target). Rows are right-padded with pad id 0;
 5. write ``train.npy``, ``val.npy``, ``train.mask.npy``, ``val.mask.npy`` and, last, ``metadata.json``.
 
 The format is documented in docs/tokenizer.md.
@@ -169,6 +171,7 @@ class PackedSplit:
     pairs: int  # pairs packed
     long_pairs: int  # pairs longer than max_length (cut into sliding windows)
     tokens_used: int  # non-pad tokens (windows count overlaps)
+    untrained: int = 0  # answer tokens no window predicts (first of a later window, stride == max_length)
 
 
 def pack(
@@ -223,7 +226,12 @@ def pack(
     dst = _ragged_positions(dst_start, size)
     out.reshape(-1)[dst] = tokens[src]
     out_mask.reshape(-1)[dst] = mask[src]
-    return PackedSplit(out, out_mask, n, int(long.size), int(size.sum()))
+    # A later window's first tokens are targets of the window before it (or, at position 0, of no
+    # window: x = row[:-1], y = row[1:]): context only, so no token is trained or counted twice.
+    later_rows = (first_row[win_pair] + win_k)[win_k >= 1]
+    untrained = int(out_mask[later_rows, 0].sum(dtype=np.int64)) if stride == max_length else 0
+    out_mask[later_rows, : max(1, max_length - stride)] = 0
+    return PackedSplit(out, out_mask, n, int(long.size), int(size.sum()), untrained)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -307,7 +315,8 @@ def tokenize_dataset(
 ) -> DatasetManifest:
     """Tokenize the Q&A text ``input`` into ``output_dir`` (see the module doc); return the manifest.
 
-    ``stride`` defaults to ``max_length`` (windows of an over-long pair do not overlap).
+    ``stride`` defaults to ``max_length - 1``: consecutive windows of an over-long pair share one
+    token, the last of one window and the first (context, never a target) of the next.
     ``progress(done, 0)`` is called after each batch of pairs is encoded (the total is not known while streaming). Raises
     :class:`~gptmed.core.ConfigError` (a ``ValueError``) for bad numbers, :class:`~gptmed.core.DataError`
     for bad input and :class:`~gptmed.core.TokenizerError` for a bad tokenizer.
@@ -321,7 +330,7 @@ def tokenize_dataset(
         or not 0.0 < train_split < 1.0
     ):
         raise ConfigError(f"train_split must be a fraction between 0 and 1 (exclusive), got {train_split!r}")
-    stride = max_length if stride is None else stride
+    stride = max_length - 1 if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_length:
         raise ConfigError(f"stride must be an integer in 1..max_length ({max_length}), got {stride!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -397,6 +406,7 @@ def tokenize_dataset(
             "train_answer_tokens": int(packed["train"].mask.sum(dtype=np.int64)),
             "val_answer_tokens": int(packed["val"].mask.sum(dtype=np.int64)),
             "long_pairs": packed["train"].long_pairs + packed["val"].long_pairs,
+            "untrained_window_tokens": packed["train"].untrained + packed["val"].untrained,
             "longest_pair_tokens": longest,
             "questions_over_max_length": unanswerable,  # their prompts alone fill max_length
             "duplicate_question_pairs": duplicates,

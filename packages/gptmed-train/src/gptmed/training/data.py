@@ -350,7 +350,7 @@ def make_synthetic_dataset(
         tokenizer_sha256="",
         vocab_size=vocab_size,
         max_length=max_length,
-        stride=max_length,
+        stride=max_length - 1,
         train_sequences=n_train,
         val_sequences=n_val,
         train_pairs=0,
