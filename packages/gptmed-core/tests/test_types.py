@@ -244,6 +244,40 @@ def test_cli_errors_prints_one_line_and_exits_1(tmp_path: Path) -> None:
     assert result.stderr == "Error: qa.txt:3: bad record; fix it\n"
 
 
+def test_sigterm_under_cli_errors_cleans_up_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
+    """A killed writer left its hidden temp file and the folders made for it (SIGTERM's default
+    action ends the process with no cleanup); under cli_errors it unwinds like Ctrl-C."""
+    code = (
+        "import sys, time\n"
+        "from gptmed.core import atomic_open, cli_errors\n"
+        "with cli_errors(debug=False):\n"
+        "    with atomic_open(sys.argv[1]) as fh:\n"
+        "        fh.write('half')\n"
+        "        print('writing', flush=True)\n"
+        "        time.sleep(60)\n"
+    )
+    target = tmp_path / "made" / "deeper" / "out.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
+    assert len(list(target.parent.iterdir())) == 1  # the temp file
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=30)
+    assert (proc.returncode, stderr) == (143, "Terminated.\n")
+    assert list(tmp_path.iterdir()) == []  # no temp file, no folders made for it
+
+
+def test_output_folder_errors_name_the_file_in_the_way(tmp_path: Path) -> None:
+    from gptmed.core import GptmedError, atomic_write_text, make_folder
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(GptmedError, match=r"cannot create the output folder .*sub: .*afile is a file"):
+        atomic_write_text(tmp_path / "afile" / "sub" / "out.txt", "x")
+    with pytest.raises(GptmedError, match=r"cannot create checkpoint folder .*afile: .*afile is a file"):
+        make_folder(tmp_path / "afile", "checkpoint folder")
+
+
 def test_activation_default_and_roundtrip() -> None:
     assert ModelConfig().activation == "gelu"
     cfg = ModelConfig(activation="gelu_tanh")

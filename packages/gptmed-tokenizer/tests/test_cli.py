@@ -267,6 +267,15 @@ def test_inspect(trained: Path, corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "ds" / "val.npy").unlink()
     code, _, err = run("inspect", str(tmp_path / "ds"))
     assert code == 1 and "val.npy" in err
+    # a truncated array (a copy cut short): one line, not numpy's traceback
+    train = tmp_path / "ds" / "train.npy"
+    train.write_bytes(train.read_bytes()[:2000])
+    code, _, err = run("inspect", str(tmp_path / "ds"))
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (
+        f"Error: {train} is not a readable .npy array (mmap length is greater than file size); "
+        "re-run gptmed-tokenizer tokenize to rebuild the folder"
+    )
 
 
 def test_train_tokenizer_name_stays_callable(corpus: Path, tmp_path: Path) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = [
     "BundleError",
@@ -18,6 +21,7 @@ __all__ = [
     "DataError",
     "GptmedError",
     "ManifestError",
+    "Terminated",
     "TokenizerError",
     "cli_errors",
 ]
@@ -77,8 +81,12 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
     """Turn gptmed and OS errors into the CLI contract: ``Error: ...`` on stderr, exit 1.
 
     With ``debug`` the exception propagates with its traceback. ``KeyboardInterrupt`` exits 130.
+    SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) in the main thread, so the same
+    cleanup runs (temp files, staging folders) before exit 143; a handler the command installs
+    itself (the trainer, the server) takes precedence while it is installed.
     Click's own usage errors are raised outside command bodies and keep their exit code 2.
     """
+    previous = _catch_sigterm()
     try:
         yield
     except (GptmedError, OSError) as exc:
@@ -87,12 +95,36 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
         if isinstance(exc, OSError) and not isinstance(exc, GptmedError):
             name = f" {exc.filename}" if exc.filename else ""
             msg = f"{exc.strerror or exc}{':' if name else ''}{name}"
+            if isinstance(exc, PermissionError):
+                msg += "; check its permissions or choose another path"
         else:
             msg = str(exc)
         print(f"Error: {msg}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
-        print("Interrupted.", file=sys.stderr)
-        sys.exit(130)
+        terminated = isinstance(exc, Terminated)
+        print("Terminated." if terminated else "Interrupted.", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a command run under :func:`cli_errors`: unwinds like Ctrl-C (exit 143)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> Any:
+    """Install the SIGTERM -> :class:`Terminated` handler (main thread, default disposition only);
+    returns the handler to restore, or None when nothing was installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)

@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Literal, overload
 
+from gptmed.core.errors import GptmedError
+
 __all__ = [
     "TEMP_MARKER",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
+    "make_folder",
     "sha256_bytes",
     "sha256_file",
     "sweep_temp_files",
@@ -69,12 +72,18 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     folder = path.parent if str(path.parent) else Path(".")
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    folder.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
-    except FileNotFoundError:  # another writer's failed write removed the folder it had made
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
+        make_folder(folder, "the output folder")
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
+        except FileNotFoundError:  # another writer's failed write removed the folder it had made
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
+    except PermissionError:
+        _remove_empty(made)
+        raise GptmedError(
+            f"cannot write {path}: permission denied in {folder}", hint="choose a folder you can write to"
+        ) from None
     tmp = Path(tmp_name)
     try:
         if mode == "w":
@@ -91,12 +100,37 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        for created in made:  # folders made for this file, if nothing else landed in them
-            try:
-                created.rmdir()
-            except OSError:
-                break
+        _remove_empty(made)
         raise
+
+
+def make_folder(folder: str | os.PathLike[str], what: str = "folder") -> Path:
+    """``mkdir -p folder`` for an output, with the one-line errors a user can act on: a file where a
+    folder must go is named (not ``File exists: x``), and so is a folder that is not writable."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise GptmedError(
+            f"cannot create {what} {folder}: {blocker} is a file", hint="choose another path"
+        ) from None
+    except PermissionError:
+        parent = next((p for p in folder.parents if p.exists()), folder)
+        raise GptmedError(
+            f"cannot create {what} {folder}: permission denied in {parent}",
+            hint="choose a folder you can write to",
+        ) from None
+    return folder
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders made for a file (deepest first), as long as nothing else landed in them."""
+    for created in made:
+        try:
+            created.rmdir()
+        except OSError:
+            break
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> None:

@@ -217,7 +217,8 @@ def _decoded_lines(fh: IO[bytes], source: str, encoding: str) -> Iterator[str]:
             raise DataError(
                 f"not valid {encoding} (byte 0x{exc.object[exc.start]:02x} at byte offset {offset + bad})",
                 where=f"{source}:{line}",
-                hint='convert the file to UTF-8 or pass --encoding (e.g. --encoding cp1252 for Windows "ANSI" text)',
+                hint=f"convert it to UTF-8 with its encoding named: gptmed-data convert {source} -o qa.txt "
+                '--encoding cp1252 (Windows "ANSI" text; or the encoding the file has)',
             ) from None
         offset += len(chunk)
         pending += text

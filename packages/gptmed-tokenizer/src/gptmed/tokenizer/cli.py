@@ -315,8 +315,8 @@ def decode_command(ctx: click.Context, tokenizer_path: Path, ids: tuple[str, ...
 
 
 def _inspect_dataset(path: Path) -> dict[str, Any]:
-    import numpy as np
     from gptmed.core import DatasetManifest
+    from gptmed.tokenizer.dataset import load_npy
 
     folder = path.parent if path.is_file() else path
     manifest = DatasetManifest.load(folder / "metadata.json")
@@ -325,7 +325,7 @@ def _inspect_dataset(path: Path) -> dict[str, Any]:
         file = folder / name
         if not file.exists():
             raise ManifestError(f"{name} listed in metadata.json is missing", where=str(folder))
-        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+        arr = load_npy(file, "r")
         info["arrays"][role] = {"file": name, "shape": list(arr.shape), "dtype": arr.dtype.name}
     return info
 

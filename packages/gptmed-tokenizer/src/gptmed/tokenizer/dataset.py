@@ -434,6 +434,19 @@ def load_split(
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     folder = Path(dataset_dir)
     mode: Literal["r"] | None = "r" if mmap else None
-    tokens = np.load(folder / FILES[split], mmap_mode=mode, allow_pickle=False)
-    mask = np.load(folder / FILES[f"{split}_mask"], mmap_mode=mode, allow_pickle=False)
-    return tokens, mask
+    return load_npy(folder / FILES[split], mode), load_npy(folder / FILES[f"{split}_mask"], mode)
+
+
+def load_npy(path: Path, mode: Literal["r"] | None) -> np.ndarray:
+    """``np.load`` with one-line errors: numpy says ``mmap length is greater than file size``."""
+    hint = "re-run gptmed-tokenizer tokenize to rebuild the folder"
+    try:
+        array: np.ndarray = np.load(path, mmap_mode=mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing", hint=hint) from None
+    except (ValueError, EOFError, OSError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        if "pickled" in reason:  # numpy's advice to allow_pickle does not apply to a dataset array
+            reason = "not an array of numbers"
+        raise DataError(f"{path} is not a readable .npy array ({reason})", hint=hint) from None
+    return array

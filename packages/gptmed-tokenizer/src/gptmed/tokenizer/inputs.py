@@ -80,7 +80,8 @@ def _read_gzip(path: Path, encoding: str) -> Iterator[QAPair]:
         raise DataError(
             f"not valid {encoding} after decompression ({exc.reason})",
             where=str(path),
-            hint="convert the file to UTF-8 (gptmed-data convert --encoding ...)",
+            hint=f"convert it to UTF-8 with its encoding named: gptmed-data convert {path} -o qa.txt --encoding cp1252 "
+            "(or the encoding the file has)",
         ) from None
     except (gzip.BadGzipFile, EOFError) as exc:
         raise DataError(
