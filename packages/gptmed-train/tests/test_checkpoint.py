@@ -91,8 +91,21 @@ def test_truncated_and_garbage_files_are_reported_corrupt(real_state: dict[str, 
     for name, blob in cases.items():
         p = tmp_path / name
         p.write_bytes(blob)
-        with pytest.raises(CheckpointError, match=rf"checkpoint {p} is corrupt"):
+        with pytest.raises(CheckpointError) as err:
             ck.load_checkpoint(p)
+        # one short diagnosis, not torch.load's page about weights_only or miniz internals
+        assert str(err.value).startswith(f"{p} is not a checkpoint (truncated, or another kind of file); "), (
+            err
+        )
+        assert "PyTorch" not in str(err.value) and "miniz" not in str(err.value)
+    # a file passed by mistake is never called something to delete; a torn checkpoint file is
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train"}\n')
+    with pytest.raises(CheckpointError, match="pass a checkpoint file") as err:
+        ck.load_checkpoint(tmp_path / "metrics.jsonl")
+    assert "delete" not in str(err.value)
+    (tmp_path / "checkpoint_step_9.pt").write_bytes(data[:100])
+    with pytest.raises(CheckpointError, match="delete it and resume from an earlier checkpoint"):
+        ck.load_checkpoint(tmp_path / "checkpoint_step_9.pt")
 
 
 def test_plain_dict_without_contract_keys_is_corrupt(tmp_path: Path) -> None:
@@ -141,3 +154,24 @@ def test_max_steps_with_save_every_still_evaluates_and_writes_best(tmp_path: Pat
     result = train_model(tiny_config(data, tmp_path / "ck", max_steps=2, save_every=1))
     assert result.stopped == "max_steps" and result.best_val_loss is not None
     assert (tmp_path / "ck" / "best_model.pt").exists()
+
+
+def test_metrics_file_is_only_touched_by_the_first_row(tmp_path: Path) -> None:
+    """A run stopped before its first row (Ctrl-C while the model was being built) left an empty
+    metrics.jsonl, so the checkpoint folder it had made could not be removed, and a new run in an
+    old folder wiped the earlier run's rows before training a step."""
+    from gptmed.training.metrics import MetricsWriter, read_metrics
+
+    run = tmp_path / "new"
+    writer = MetricsWriter(run / "metrics.jsonl", keep_until_step=None)
+    writer.close()
+    assert not run.exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.jsonl").write_text('{"kind": "train", "step": 7}\n')
+    MetricsWriter(old / "metrics.jsonl", keep_until_step=None).close()
+    assert read_metrics(old / "metrics.jsonl") == [{"kind": "train", "step": 7}]
+    writer = MetricsWriter(old / "metrics.jsonl", keep_until_step=None)
+    writer.write({"kind": "train", "step": 1})
+    writer.close()
+    assert read_metrics(old / "metrics.jsonl") == [{"kind": "train", "step": 1}]

@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -126,6 +127,10 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {p} not found", hint="check the path (gptmed-train --resume finds the newest)"
         )
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; torch.load's error is a page of prose
+        raise CheckpointError(
+            f"{p} is not a checkpoint (truncated, or another kind of file)", hint=_corrupt_hint(p)
+        )
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -136,30 +141,38 @@ def load_checkpoint(
                 hint="only load checkpoints written by gptmed-train from sources you trust",
             ) from None
         raise CheckpointError(
-            f"checkpoint {p} is corrupt ({_first_line(text)})", hint=_CORRUPT_HINT
+            f"checkpoint {p} is corrupt ({_first_line(text)})", hint=_corrupt_hint(p)
         ) from None
     except Exception as exc:  # garbage bytes make the unpickler fail in arbitrary ways (KeyError, ...)
         raise CheckpointError(
-            f"checkpoint {p} is corrupt ({_first_line(str(exc))})", hint=_CORRUPT_HINT
+            f"checkpoint {p} is corrupt ({_first_line(str(exc))})", hint=_corrupt_hint(p)
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(
-            f"checkpoint {p} is corrupt (expected a dict, got {type(state).__name__})", hint=_CORRUPT_HINT
+            f"checkpoint {p} is corrupt (expected a dict, got {type(state).__name__})", hint=_corrupt_hint(p)
         )
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(
             f"checkpoint {p} is corrupt or not a gptmed-train checkpoint (missing {', '.join(missing)})",
-            hint=_CORRUPT_HINT,
+            hint=_corrupt_hint(p),
         )
     try:
         CheckpointManifest.from_dict(state["manifest"], source=str(p))
     except ManifestError as exc:
-        raise CheckpointError(f"checkpoint {p} is corrupt (manifest: {exc})", hint=_CORRUPT_HINT) from None
+        raise CheckpointError(f"checkpoint {p} is corrupt (manifest: {exc})", hint=_corrupt_hint(p)) from None
     return state
 
 
-_CORRUPT_HINT = "delete it and resume from an earlier checkpoint (gptmed-train --resume skips corrupt files)"
+def _corrupt_hint(path: Path) -> str:
+    """Delete only what is named like a checkpoint; a wrong file passed by mistake is kept."""
+    if (
+        EPOCH_RE.match(path.name)
+        or STEP_RE.match(path.name)
+        or path.name in ("best_model.pt", "last_model.pt")
+    ):
+        return "delete it and resume from an earlier checkpoint (gptmed-train --resume skips unreadable ones)"
+    return "pass a checkpoint file (checkpoint_*.pt, best_model.pt) written by gptmed-train"
 
 
 def _first_line(text: str) -> str:
@@ -184,7 +197,7 @@ def find_latest_checkpoint(
         try:
             return path, load_checkpoint(path, map_location=map_location)
         except CheckpointError as exc:
-            log.warning("skipping %s", exc)
+            log.warning("skipping an unreadable checkpoint: %s", exc.message)
     return None
 
 

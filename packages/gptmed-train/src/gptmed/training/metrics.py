@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gptmed.core import DataError, atomic_write_text
 
@@ -69,16 +69,24 @@ class MetricsWriter:
                     hint='pip install "gptmed-train[tensorboard]"',
                 ) from None
             self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
+        self._keep_until_step = keep_until_step
+        self._fh: IO[str] | None = None  # opened by the first row: a run stopped before it leaves
+        # the folder as it was (no empty metrics.jsonl, an earlier run's rows untouched)
+
+    def _open(self) -> IO[str]:
+        path, keep = self.path, self._keep_until_step
         path.parent.mkdir(parents=True, exist_ok=True)
-        if keep_until_step is None:
+        if keep is None:
             atomic_write_text(path, "")
         elif path.is_file():
-            kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= keep_until_step]
+            kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= keep]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        return open(path, "a", encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
         row = {k: _clean(v) for k, v in row.items()}
+        if self._fh is None:
+            self._fh = self._open()
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
         if self._tb is not None:
@@ -89,7 +97,7 @@ class MetricsWriter:
                     self._tb.add_scalar(f"{row.get('kind', 'train')}/{key}", value, step)
 
     def close(self) -> None:
-        if not self._fh.closed:
+        if self._fh is not None and not self._fh.closed:
             self._fh.close()
         if self._tb is not None:
             self._tb.close()
