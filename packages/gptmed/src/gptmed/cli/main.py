@@ -143,6 +143,22 @@ def _training_signals(debug: bool) -> Iterator[None]:
         sys.exit(exc.exit_code)
 
 
+@contextlib.contextmanager
+def _no_empty_output(out: Path) -> Iterator[None]:
+    """A run that fails before writing anything removes the output folders it created (a failed
+    first step left an empty ``--out`` folder behind)."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+        raise
+
+
 @click.group(cls=_Umbrella, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), prog_name="gptmed")
 def main() -> None:
@@ -189,7 +205,7 @@ def pipeline(input_path: Path, out: Path, debug: bool, **kwargs: Any) -> None:
     _require_pipeline_components("pipeline")
     from gptmed.cli.pipeline import PipelineOptions, run_pipeline
 
-    with cli_errors(debug), _training_signals(debug):
+    with cli_errors(debug), _training_signals(debug), _no_empty_output(out):
         result = run_pipeline(PipelineOptions(input=input_path, out=out, **kwargs), echo=click.echo)
     click.echo(f"\n✓ Bundle: {result.bundle}")
     click.echo(f'  Try it: gptmed-generate --checkpoint {result.bundle} --prompt "..."')
@@ -206,7 +222,7 @@ def quickstart(out: Path, epochs: int, questions: int, force: bool, debug: bool)
     _require_pipeline_components("quickstart")
     from gptmed.cli.quickstart import run_quickstart
 
-    with cli_errors(debug), _training_signals(debug):
+    with cli_errors(debug), _training_signals(debug), _no_empty_output(out):
         result = run_quickstart(out, epochs=epochs, questions=questions, force=force, echo=click.echo)
     click.echo(
         f"\nThe exported bundle (onnxruntime, no torch) answers {result.exact} of {result.asked} "

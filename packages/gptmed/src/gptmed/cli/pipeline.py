@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gptmed.cli.steps import Step, StepRunner
-from gptmed.core import ConfigError, atomic_write_text, read_qa_text
+from gptmed.core import ConfigError, atomic_write_text, make_folder, read_qa_text
 
 __all__ = [
     "Choice",
@@ -169,8 +169,7 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
             va = f"{val_loss:.3f}" if val_loss is not None else "-"
             echo(f"      epoch {epoch}/{num_epochs}: train loss {tr}, val loss {va} ({seconds:.1f}s)")
 
-    out = options.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(options.out, "output folder")
     data_dir, tok_dir, ckpt_dir, bundle = (
         out / "data",
         out / "tokenizer",
