@@ -393,3 +393,11 @@ def test_padding_with_a_real_target_is_not_dropped(monkeypatch: pytest.MonkeyPat
         covered = tr._forward_loss(model, x, y, None, bos_id=2, pad_id=0)
     assert float(skipped) == pytest.approx(float(plain), rel=1e-5)
     assert float(covered) == pytest.approx(float(covered_plain), rel=1e-6)
+
+
+def test_a_checkpoint_dir_under_a_file_is_named_in_one_line(tmp_path: Path) -> None:
+    from gptmed.core import GptmedError
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(GptmedError, match=r"^cannot create checkpoint folder .*afile/ck: .*afile is a file"):
+        FolderLock(tmp_path / "afile" / "ck").acquire()  # was `File exists: afile`

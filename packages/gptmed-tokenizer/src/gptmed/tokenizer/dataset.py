@@ -38,6 +38,7 @@ from gptmed.core import (
     DatasetManifest,
     QAPair,
     atomic_open,
+    make_folder,
     sha256_file,
 )
 from gptmed.tokenizer.inputs import iter_pairs
@@ -371,7 +372,7 @@ def tokenize_dataset(
     }
     t_pack = time.perf_counter()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir, "output folder")
     meta_path = out_dir / METADATA
     meta_path.unlink(missing_ok=True)  # a stale manifest must never describe new arrays
     for name in ("train", "val"):

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from gptmed.core import make_folder
 from gptmed.training.errors import TrainingError
 
 __all__ = ["FolderLock"]
@@ -35,7 +36,7 @@ class FolderLock:
 
     def acquire(self) -> None:
         self._made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder, "checkpoint folder")
         try:
             import fcntl
         except ModuleNotFoundError:  # pragma: no cover - Windows
