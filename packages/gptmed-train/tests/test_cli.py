@@ -260,3 +260,13 @@ def test_progress_bar_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     quiet = ConsoleCallbacks(progress=None)  # stderr is captured, not a terminal: no bar
     quiet.on_step(5, 10, 2.5, 1e-3, 12345.0, 65.0)
     assert capsys.readouterr().err == ""
+
+
+def test_bad_numbers_name_the_flag_the_user_typed() -> None:
+    """`TrainingConfig.learning_rate must be in (0.0, inf]` named a field, and inf is refused."""
+    for argv, message in (
+        (["--learning-rate", "-1"], "Error: --learning-rate must be > 0, got -1.0"),
+        (["--learning-rate", "inf"], "Error: --learning-rate must be a finite number, got inf"),
+    ):
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 1 and result.stderr.strip() == message, result.output

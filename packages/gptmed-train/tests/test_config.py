@@ -44,7 +44,7 @@ def test_defaults_are_the_manuals() -> None:
     [
         ("batch_size", 0, "batch_size must be a positive integer, got 0"),
         ("learning_rate", float("nan"), "learning_rate must be a finite number"),
-        ("learning_rate", -1.0, "learning_rate must be in"),
+        ("learning_rate", -1.0, "learning_rate must be > 0"),
         ("model_size", "huge", "unknown model size 'huge'"),
         ("loss_on", "prompt", "loss_on must be one of"),
         ("precision", "fp8", "precision must be one of"),

@@ -137,8 +137,13 @@ class TrainingConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"TrainingConfig.{name} must be a finite number, got {value!r}")
             if value < low or (low_open and value == low) or value > high:
-                bracket = "(" if low_open else "["
-                raise ConfigError(f"TrainingConfig.{name} must be in {bracket}{low}, {high}], got {value!r}")
+                low_text = f"{low:g}"
+                want = (
+                    (f"> {low_text}" if low_open else f">= {low_text}")
+                    if high == math.inf
+                    else f"in {'(' if low_open else '['}{low_text}, {high:g}]"
+                )
+                raise ConfigError(f"TrainingConfig.{name} must be {want}, got {value!r}")
 
         if self.model_size is not None and self.model_size not in PRESETS:
             raise ConfigError(f"unknown model size {self.model_size!r}; choose one of {sorted(PRESETS)}")

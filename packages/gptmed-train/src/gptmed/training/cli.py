@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shlex
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 from gptmed.configs.train_config import LOSS_ON, PRECISIONS, TrainingConfig
-from gptmed.core import PRESETS, cli_errors
+from gptmed.core import PRESETS, ConfigError, cli_errors
 from gptmed.training.errors import TrainingInterrupted
 from gptmed.training.trainer import RunInfo, TrainCallbacks, TrainResult, train_model
 
@@ -453,7 +454,14 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
         if "train_data_path" in explicit and "val_data_path" not in explicit:
             # --train-data elsewhere: its val.npy is beside it, not in the default folder
             values["val_data_path"] = str(Path(values["train_data_path"]).parent / "val.npy")
-        config = TrainingConfig.from_dict(values, source="command line")
+        try:
+            config = TrainingConfig.from_dict(values, source="command line")
+        except ConfigError as exc:  # name the flag the user typed, not the TrainingConfig field
+            flags = {_RENAME.get(p.name or "", p.name): max(p.opts, key=len) for p in ctx.command.params}
+            message = re.sub(
+                r"TrainingConfig\.(\w+)", lambda m: flags.get(m.group(1), m.group(0)), exc.message
+            )
+            raise ConfigError(message, where=exc.where, hint=exc.hint) from None
     run_with_console(config, explicit_fields=explicit, debug=debug)
 
 
