@@ -202,3 +202,53 @@ def test_console_script_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert read_pairs(Path(tmp_path / "o.txt")) == PAIRS
+
+
+def test_group_help_names_only_real_commands(cli):
+    # Before: "Convert, check, clean, count and split" with no clean command.
+    result = cli("--help")
+    assert result.exit_code == 0
+    summary = result.output.split("Options:")[0]
+    assert "clean, count" not in summary and "--dedupe" in summary
+    assert cli("clean", "--help").exit_code == 2
+
+
+def test_validate_error_goes_to_stderr_and_the_summary_to_stdout(cli, tmp_path):
+    # Before: "  error: ..." on stdout, stderr empty.
+    (tmp_path / "enc.txt").write_bytes(b"Q: caf\xe9?\nA: yes.\n")
+    for extra in ([], ["--json"]):
+        result = cli("validate", tmp_path / "enc.txt", *extra)
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [
+            f"Error: {tmp_path / 'enc.txt'}:1: not valid utf-8: byte 0xe9 at byte offset 6; pass --encoding "
+            '(e.g. --encoding cp1252 for Windows/Excel "ANSI" files, latin-1, utf-16), or convert the file to UTF-8'
+        ]
+        assert "Error" not in result.stdout and "error:" not in result.stdout
+    assert result.stdout.startswith("{")
+    assert cli("validate", tmp_path / "enc.txt").stdout.endswith("0 valid pairs in 0 records\nINVALID\n")
+
+
+def test_stats_stops_at_an_invalid_record_like_convert(cli, tmp_path):
+    # Before: stats exited 0 (counting the bad line) while convert and split exited 1.
+    (tmp_path / "bad.jsonl").write_text(jsonl(ROWS) + "{oops\n")
+    errors = []
+    for cmd, extra in (("stats", []), ("convert", ["-o", tmp_path / "o.txt"])):
+        result = cli(cmd, tmp_path / "bad.jsonl", *extra)
+        assert result.exit_code == 1 and result.stdout == ""
+        errors.append(result.stderr)
+    assert errors[0] == errors[1] and len(errors[0].splitlines()) == 1 and "bad.jsonl:4" in errors[0]
+    result = cli("stats", tmp_path / "bad.jsonl", "--skip-invalid")
+    assert result.exit_code == 0 and "invalid bad_json" in result.stdout
+
+
+def test_reports_say_1_pair_not_1_pairs(cli, tmp_path):
+    (tmp_path / "one.txt").write_text("Q: a?\nA: " + " ".join(["w"] * 501) + "\n")
+    result = cli("split", tmp_path / "one.txt", "--out-dir", tmp_path / "d", "--val", "0")
+    assert result.exit_code == 0
+    assert "        1 pair          1 question  -> " in result.stdout
+    result = cli("validate", tmp_path / "one.txt")
+    assert "1 valid pair in 1 record\n" in result.stdout
+    result = cli("convert", tmp_path / "one.txt", "-o", tmp_path / "o.txt")
+    assert "note: 1 answer has more than 500 words" in result.stdout
+    result = cli("split", tmp_path / "one.txt", "--out-dir", tmp_path / "e")
+    assert result.exit_code == 1 and "1 distinct question is too few for val=0.1" in result.stderr

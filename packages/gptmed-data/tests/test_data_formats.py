@@ -348,7 +348,7 @@ def test_record_start_lookalikes_inside_records_are_reported(tmp_path):
     report = convert(src, tmp_path / "out.txt")
     assert report.written == 2
     assert report.lookalikes == [f"{src}:3", f"{src}:4", f"{src}:8", f"{src}:9"]
-    assert "note: 4 line(s) inside records look like a record start" in report.to_text()
+    assert "note: 4 lines inside records look like a record start" in report.to_text()
     assert f"(first: {src}:3)" in report.to_text()
     clean = tmp_path / "clean.txt"
     write_qa_text(clean, [QAPair("Q?", "Some answer:\n  indented text, not a record")])

@@ -81,7 +81,7 @@ def test_stats_counts_quality_problems(write):
         {"question": "Long?", "answer": long},
         {"question": "", "answer": "empty question"},
     ]
-    report = compute_stats(write("s.jsonl", jsonl(rows)))
+    report = compute_stats(write("s.jsonl", jsonl(rows)), skip_invalid=True)
     assert report.pairs == 8
     assert report.exact_duplicates == 1
     assert report.normalized_duplicates == 2

@@ -11,6 +11,7 @@ import codecs
 import gzip
 import io
 import os
+import zlib
 from pathlib import Path
 from typing import IO, cast
 
@@ -21,11 +22,56 @@ __all__ = ["decode_error", "open_binary", "open_text"]
 _ENCODING_HINT = 'pass --encoding (e.g. --encoding cp1252 for Windows/Excel "ANSI" files, latin-1, utf-16), or convert the file to UTF-8'
 
 
-def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
-    """Open ``path`` for binary reading; ``.gz`` files are decompressed on the fly."""
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+class _GzipFile(gzip.GzipFile):
+    """A gzip reader whose decompression errors are a :class:`DataError` naming the file.
+
+    gzip raises ``EOFError`` for a truncated file, which click reports as a bare "Aborted!", and
+    ``BadGzipFile`` without the file's name."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__(path, "rb")
+        self._source = name
+
+    def _error(self, exc: Exception) -> DataError:
+        hint = "decompress it and check it (gzip -t)"
+        if isinstance(exc, gzip.BadGzipFile) and str(exc).startswith("Not a gzipped file"):
+            hint += ", or drop the .gz from the name of a file that is not compressed"
+        return DataError(f"corrupt or truncated gzip file ({exc})", where=self._source, hint=hint)
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return super().read(size)
+        except _GZIP_ERRORS as exc:
+            raise self._error(exc) from None
+
+    def read1(self, size: int = -1) -> bytes:
+        try:
+            return super().read1(size)
+        except _GZIP_ERRORS as exc:
+            raise self._error(exc) from None
+
+    def peek(self, n: int = 0) -> bytes:
+        try:
+            return super().peek(n)
+        except _GZIP_ERRORS as exc:
+            raise self._error(exc) from None
+
+    def readline(self, size: int | None = -1) -> bytes:
+        try:
+            return super().readline(size)
+        except _GZIP_ERRORS as exc:
+            raise self._error(exc) from None
+
+
+def open_binary(path: str | os.PathLike[str], name: str | None = None) -> IO[bytes]:
+    """Open ``path`` for binary reading; ``.gz`` files are decompressed on the fly (a corrupt or
+    truncated one raises :class:`DataError` naming ``name``, by default ``path``)."""
     p = Path(path)
     if p.suffix.lower() == ".gz":
-        return cast(IO[bytes], gzip.open(p, "rb"))
+        return cast(IO[bytes], _GzipFile(p, name or str(p)))
     return open(p, "rb")
 
 
@@ -61,17 +107,20 @@ def _sniff(raw: IO[bytes], source: str, codec: str) -> None:
         )
 
 
-def open_text(path: str | os.PathLike[str], encoding: str = "utf-8", newline: str | None = None) -> IO[str]:
+def open_text(
+    path: str | os.PathLike[str], encoding: str = "utf-8", newline: str | None = None, name: str | None = None
+) -> IO[str]:
     """Open ``path`` as text with strict decoding; a UTF-8 BOM is stripped.
 
     ``newline=None`` turns CRLF and CR into LF (universal newlines); ``newline=""`` keeps line
     endings for the csv module. Decoding errors surface as ``UnicodeDecodeError`` while
     iterating; :func:`decode_error` turns one into a :class:`DataError` with line and offset.
+    Errors name the file ``name`` (by default ``path``).
     """
     codec = _codec_name(encoding)
-    raw = open_binary(path)
+    raw = open_binary(path, name)
     try:
-        _sniff(raw, str(path), codec)
+        _sniff(raw, name or str(path), codec)
     except BaseException:
         raw.close()
         raise
@@ -79,14 +128,15 @@ def open_text(path: str | os.PathLike[str], encoding: str = "utf-8", newline: st
     return io.TextIOWrapper(raw, encoding=text_codec, errors="strict", newline=newline)
 
 
-def decode_error(path: str | os.PathLike[str], encoding: str) -> DataError:
+def decode_error(path: str | os.PathLike[str], encoding: str, name: str | None = None) -> DataError:
     """Locate the first byte of ``path`` that is not valid ``encoding``: line and byte offset."""
+    source = name or str(path)
     codec = _codec_name(encoding)
     decoder = codecs.getincrementaldecoder("utf-8-sig" if codec == "utf-8" else encoding)(errors="strict")
     offset = 0
     line = 1
     prev_cr = False
-    with open_binary(path) as fh:
+    with open_binary(path, source) as fh:
         while True:
             chunk = fh.read(1 << 16)
             try:
@@ -100,7 +150,7 @@ def decode_error(path: str | os.PathLike[str], encoding: str) -> DataError:
                 value = exc.object[exc.start] if 0 <= exc.start < len(exc.object) else chunk[bad]
                 return DataError(
                     f"not valid {encoding}: byte 0x{value:02x} at byte offset {offset + bad}",
-                    where=f"{path}:{line}",
+                    where=f"{source}:{line}",
                     hint=_ENCODING_HINT,
                 )
             if not chunk:
@@ -108,7 +158,7 @@ def decode_error(path: str | os.PathLike[str], encoding: str) -> DataError:
             line += _count_lines(chunk, prev_cr)
             prev_cr = chunk.endswith(b"\r")
             offset += len(chunk)
-    return DataError(f"not valid {encoding}", where=str(path), hint=_ENCODING_HINT)  # pragma: no cover
+    return DataError(f"not valid {encoding}", where=source, hint=_ENCODING_HINT)  # pragma: no cover
 
 
 def _count_lines(data: bytes, prev_cr: bool) -> int:

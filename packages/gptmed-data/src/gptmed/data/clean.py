@@ -51,6 +51,11 @@ def normalize_key(text: str) -> str:
     return _PUNCT_WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
+def _plural(n: int, noun: str) -> str:
+    """``"1 pair"``, ``"2 pairs"``: a count and its noun, for reports."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def _digest(*parts: str) -> bytes:
     h = hashlib.blake2b(digest_size=12)
     for p in parts:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 from gptmed.core import cli_errors
+from gptmed.data.clean import _plural
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,7 +99,7 @@ def _progress() -> Callable[[int], None] | None:
         return None
 
     def show(n: int) -> None:
-        click.echo(f"\r  {n:,} records read", nl=False, err=True)
+        click.echo(f"\r  {_plural(n, 'record')} read", nl=False, err=True)
 
     return show
 
@@ -115,7 +116,11 @@ def _setup(ctx: click.Context, debug: bool) -> bool:
 @_debug_option
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Convert, check, clean, count and split Q&A data for gptmed."""
+    """Convert (cleaning on the way), validate, count and split Q&A data for gptmed.
+
+    INPUT/FILE may be - (standard input) or a pipe; cleaning is done by convert's options
+    (--dedupe, --min/max-answer-words/chars, --unicode-normalize, --skip-invalid).
+    """
     ctx.obj = {"debug": debug}
 
 
@@ -150,7 +155,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @_debug_option
 @click.pass_context
 def convert(ctx: click.Context, /, input: Path, output: Path, debug: bool, as_json: bool, **kw: Any) -> None:
-    """Convert INPUT (txt, json, jsonl, csv, tsv, sqlite) to canonical Q&A text or JSONL."""
+    """Convert INPUT (txt, json, jsonl, csv, tsv, sqlite; - for standard input) to canonical Q&A text or JSONL."""
     from gptmed.data.conversion import convert as run
 
     with cli_errors(_setup(ctx, debug)):
@@ -183,14 +188,20 @@ def convert(ctx: click.Context, /, input: Path, output: Path, debug: bool, as_js
 def validate(
     ctx: click.Context, /, file: Path, debug: bool, as_json: bool, max_problems: int, **kw: Any
 ) -> None:
-    """Check FILE; list invalid records with their line/record numbers. Exit 1 on any error."""
+    """Check FILE; list invalid records with their line/record numbers. Exit 1 on any error.
+
+    The report goes to standard output; an error that stops reading (encoding, syntax, no
+    records) is also the one-line "Error: ..." on standard error.
+    """
     from gptmed.data.stats import validate as run
 
     with cli_errors(_setup(ctx, debug)):
         opts = _read_kwargs(kw)
         opts.pop("skip_invalid")
         report = run(file, max_problems=max_problems, **opts)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text(fatal=False))
+    if report.fatal:
+        click.echo(f"Error: {report.fatal}", err=True)
     if not report.ok:
         sys.exit(1)
 
@@ -202,13 +213,14 @@ def validate(
 @_debug_option
 @click.pass_context
 def stats(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: Any) -> None:
-    """Pairs, length percentiles (words), duplicates, empty, short (<10 words) and long (>500) answers."""
+    """Pairs, length percentiles (words), duplicates, empty, short (<10 words) and long (>500) answers.
+
+    Stops at the first invalid record like convert; --skip-invalid counts them by reason instead.
+    """
     from gptmed.data.stats import compute_stats
 
     with cli_errors(_setup(ctx, debug)):
-        opts = _read_kwargs(kw)
-        opts.pop("skip_invalid")
-        report = compute_stats(file, **opts)
+        report = compute_stats(file, **_read_kwargs(kw))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
 
 
@@ -303,8 +315,10 @@ def synth(
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         data.write(out, heldout_out, overwrite=overwrite)
-    held = f", {len(data.heldout)} held-out pairs -> {heldout_out}" if heldout_out else ""
-    click.echo(f"{len(data.facts)} facts: {len(data.train)} training pairs -> {out}{held}")
+    held = f", {_plural(len(data.heldout), 'held-out pair')} -> {heldout_out}" if heldout_out else ""
+    click.echo(
+        f"{_plural(len(data.facts), 'fact')}: {_plural(len(data.train), 'training pair')} -> {out}{held}"
+    )
 
 
 @main.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gptmed.core import DataError, QAPair, atomic_open, format_pair
-from gptmed.data.clean import LONG_ANSWER_WORDS, Cleaner, CleanOptions, more_words_than
+from gptmed.data.clean import LONG_ANSWER_WORDS, Cleaner, CleanOptions, _plural, more_words_than
 from gptmed.data.readers import QAReader, ReadOptions, _trusted_pair
 
 __all__ = ["OUTPUT_FORMATS", "ConvertReport", "convert", "output_format_for", "split_options", "write_pairs"]
@@ -99,12 +99,14 @@ class ConvertReport:
             lines.append(f"  cleaned: {reason:<17} {n:>10,}")
         if self.long_answers:
             lines.append(
-                f"  note: {self.long_answers:,} answers have more than {LONG_ANSWER_WORDS} words (kept; "
+                f"  note: {_plural(self.long_answers, 'answer')} {'has' if self.long_answers == 1 else 'have'} "
+                f"more than {LONG_ANSWER_WORDS} words (kept; "
                 "the tokenizer splits them into windows; drop them with --max-answer-words)"
             )
         if self.lookalike_lines:
             lines.append(
-                f"  note: {self.lookalike_lines:,} line(s) inside records look like a record start "
+                f"  note: {_plural(self.lookalike_lines, 'line')} inside records "
+                f"{'looks' if self.lookalike_lines == 1 else 'look'} like a record start "
                 f"(indented, or lower-case q:/a:) and were read as text of the record above "
                 f"(first: {self.lookalikes[0]}); a record starts with 'Q: ' at the start of a line"
             )
@@ -113,7 +115,9 @@ class ConvertReport:
         if len(self.examples) > 5 or sum(self.invalid.values()) > len(self.examples[:5]):
             more = sum(self.invalid.values()) - min(5, len(self.examples))
             if more > 0:
-                lines.append(f"  ... and {more:,} more invalid records (gptmed-data validate lists them)")
+                lines.append(
+                    f"  ... and {_plural(more, 'more invalid record')} (gptmed-data validate lists them)"
+                )
         lines.append(f"  time             {self.seconds:>10.2f} s")
         return "\n".join(lines)
 
@@ -230,7 +234,7 @@ def convert(
     check_output(out, overwrite)
     reader = QAReader(Path(input), read_opts)
     cleaner = Cleaner(clean_opts)
-    report = ConvertReport(str(input), str(out), reader.format, fmt_out)
+    report = ConvertReport(reader.name, str(out), reader.format, fmt_out)
     with atomic_open(out, "w", overwrite=overwrite) as fh:
         if clean_opts == CleanOptions():
             report.written = _write_batches(fh, reader, fmt_out, cleaner, progress)
@@ -242,7 +246,7 @@ def convert(
         if report.written == 0:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted({**report.invalid, **report.removed}.items()))
             raise DataError(
-                f"no Q&A records left to write from {input} ({report.read} read; skipped: {reasons})",
+                f"no Q&A records left to write from {reader.name} ({report.read} read; skipped: {reasons})",
                 hint="check the field mapping and the cleaning options",
             )
     report.cleaned = dict(reader.cleaned)

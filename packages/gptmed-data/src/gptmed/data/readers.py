@@ -18,8 +18,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
+import stat
+import sys
+import tempfile
 import unicodedata
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -113,15 +118,17 @@ class ReadOptions:
             )
 
 
-def detect_format(path: str | os.PathLike[str]) -> str:
-    """The input format from the file name (``.gz`` looks at the inner suffix), else its content."""
+def detect_format(path: str | os.PathLike[str], name: str | None = None) -> str:
+    """The input format from the file name (``.gz`` looks at the inner suffix), else its content.
+
+    ``name`` is the name errors give the file (by default ``path``)."""
     p = Path(path)
     suffixes = [s.lower() for s in p.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
     if suffixes and suffixes[-1] in _EXTENSIONS:
         return _EXTENSIONS[suffixes[-1]]
-    with open_binary(p) as fh:
+    with open_binary(p, name) as fh:
         head = fh.read(4096)
     if head.startswith(_SQLITE_MAGIC):
         return "sqlite"
@@ -145,7 +152,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "csv"
     raise DataError(
         "cannot tell the input format from the file name or its first bytes",
-        where=str(path),
+        where=name or str(path),
         hint=f"pass --format ({', '.join(FORMATS)})",
     )
 
@@ -455,11 +462,10 @@ _LOOKALIKE = re.compile(r"(?:\s+[QA]|[qa]):\s")  # "  Q: ", "q: " ...: not a rec
 
 
 def _read_txt(
-    path: Path, opts: ReadOptions, lookalike: Callable[[str], None] | None = None
+    path: Path, opts: ReadOptions, source: str, lookalike: Callable[[str], None] | None = None
 ) -> Iterator[tuple[str, object, object] | Invalid]:
     """``lookalike(FILE:LINE)`` is called for each line inside a record that looks like a record start."""
-    source = str(path)
-    with open_text(path, opts.encoding) as fh:
+    with open_text(path, opts.encoding, name=source) as fh:
         block: list[str] = []
         start = 0
         stray_start = 0
@@ -507,11 +513,10 @@ def _txt_block(block: list[str], start: int, source: str) -> Iterator[tuple[str,
         yield Invalid(f"{source}:{start + rel - 1}", reason, msg)
 
 
-def _read_jsonl(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, object] | Invalid]:
-    source = str(path)
+def _read_jsonl(path: Path, opts: ReadOptions, source: str) -> Iterator[tuple[str, object, object] | Invalid]:
     decode = _decoder().decode
     fields = _Fields(opts, source)
-    with open_text(path, opts.encoding) as fh:
+    with open_text(path, opts.encoding, name=source) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -535,10 +540,9 @@ def _read_jsonl(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, ob
             yield fields.extract(obj, where)
 
 
-def _read_json(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, object] | Invalid]:
-    source = str(path)
+def _read_json(path: Path, opts: ReadOptions, source: str) -> Iterator[tuple[str, object, object] | Invalid]:
     fields = _Fields(opts, source)
-    with open_text(path, opts.encoding) as fh:
+    with open_text(path, opts.encoding, name=source) as fh:
         stream = _ArrayStream(fh, source)
         first = stream.start()
         if first == "[":
@@ -608,13 +612,13 @@ def _records_at(top: dict[str, Any], key: str, source: str) -> list[Any]:
     return node
 
 
-def _json_record_lines(path: Path, encoding: str, wanted: set[int]) -> dict[int, int]:
+def _json_record_lines(path: Path, encoding: str, wanted: set[int], source: str) -> dict[int, int]:
     """The lines where the JSON array records numbered ``wanted`` (1-based) start: a second,
     element-by-element pass, made only to name the place of invalid records."""
     lines: dict[int, int] = {}
     try:
-        with open_text(path, encoding) as fh:
-            stream = _ArrayStream(fh, str(path))
+        with open_text(path, encoding, name=source) as fh:
+            stream = _ArrayStream(fh, source)
             stream.batch = False
             if stream.start() != "[":
                 return lines
@@ -632,28 +636,27 @@ def _json_record_lines(path: Path, encoding: str, wanted: set[int]) -> dict[int,
 _DELIMITERS = (",", ";", "\t", "|")
 
 
-def _sniff_delimiter(path: Path, opts: ReadOptions) -> str:
+def _sniff_delimiter(path: Path, opts: ReadOptions, source: str) -> str:
     """The CSV separator: of ``, ; TAB |``, the one that splits the header line into the most
     fields (Excel writes ``;`` where the decimal mark is a comma); ``,`` on a tie."""
     try:
-        with open_text(path, opts.encoding, newline="") as fh:
+        with open_text(path, opts.encoding, newline="", name=source) as fh:
             header = next((line for line in fh if line.strip()), "")
     except (DataError, UnicodeDecodeError, StopIteration):
         return ","  # the reader reports the real problem
     counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in _DELIMITERS}
     best = max(_DELIMITERS, key=lambda d: (counts[d], d == ","))
     if best != ",":
-        _log.info("%s: the header is %r-separated; reading it so (--delimiter sets it)", path, best)
+        _log.info("%s: the header is %r-separated; reading it so (--delimiter sets it)", source, best)
     return best
 
 
 def _read_csv(
-    path: Path, opts: ReadOptions, delimiter: str
+    path: Path, opts: ReadOptions, delimiter: str, source: str
 ) -> Iterator[tuple[str, object, object] | Invalid]:
-    source = str(path)
     old_limit = csv.field_size_limit(opts.max_field_chars)
     try:
-        with open_text(path, opts.encoding, newline="") as fh:
+        with open_text(path, opts.encoding, newline="", name=source) as fh:
             reader = csv.reader(fh, delimiter=delimiter, strict=True)
             start = 1
             try:
@@ -709,8 +712,9 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _read_sqlite(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, object] | Invalid]:
-    source = str(path)
+def _read_sqlite(
+    path: Path, opts: ReadOptions, source: str
+) -> Iterator[tuple[str, object, object] | Invalid]:
     with open(path, "rb") as fh:
         magic = fh.read(len(_SQLITE_MAGIC))
     if magic != _SQLITE_MAGIC:
@@ -796,25 +800,67 @@ def _guess_table(conn: sqlite3.Connection, tables: list[str], opts: ReadOptions,
     )
 
 
-def _read_parquet(path: Path, opts: ReadOptions) -> Iterator[tuple[str, object, object] | Invalid]:
+def _read_parquet(
+    path: Path, opts: ReadOptions, source: str
+) -> Iterator[tuple[str, object, object] | Invalid]:
     try:
         import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         raise DataError(
-            "reading Parquet needs pyarrow", where=str(path), hint='pip install "gptmed-data[parquet]"'
+            "reading Parquet needs pyarrow", where=source, hint='pip install "gptmed-data[parquet]"'
         ) from None
     pf = pq.ParquetFile(path)
     names = list(pf.schema_arrow.names)
-    qf, af = _resolve(names, opts, str(path))
+    qf, af = _resolve(names, opts, source)
     index = 0
     for batch in pf.iter_batches(columns=[qf, af], batch_size=4096):
         qs, as_ = batch.column(0).to_pylist(), batch.column(1).to_pylist()
         for q, a in zip(qs, as_, strict=True):
             index += 1
-            yield f"{path}: row {index}", q, a
+            yield f"{source}: row {index}", q, a
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _read_once(path: Path) -> bool:
+    """Standard input (``-``), a pipe or FIFO, a terminal: inputs that can be read only once."""
+    if str(path) == "-":
+        return True
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+class _Spool:
+    """A temp copy of an input that can be read only once (:func:`_read_once`).
+
+    Format detection, CSV separator sniffing, error positions and ``split`` read their input more
+    than once; a second ``open`` of a drained pipe reads nothing, and of a FIFO waits forever for
+    a writer. The copy keeps the input's last suffixes (``.csv.gz``) for format detection and is
+    removed when the last reader holding it is gone.
+    """
+
+    def __init__(self, path: Path) -> None:
+        stdin = str(path) == "-"
+        fd, tmp = tempfile.mkstemp(
+            prefix="gptmed-data-input-", suffix="" if stdin else "".join(path.suffixes[-2:])
+        )
+        self.path = Path(tmp)
+        self._remove = weakref.finalize(self, self.path.unlink, missing_ok=True)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if stdin:
+                    shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+                else:
+                    with open(path, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+        except BaseException:
+            self._remove()
+            raise
+        _log.debug("copied %s to %s (%d bytes)", path, tmp, self.path.stat().st_size)
 
 
 @dataclass
@@ -838,15 +884,28 @@ class QAReader:
     # (an indented "  Q: ..." or a lower-case "q: ..."): read as text of the record before them
     lookalikes: list[str] = field(default_factory=list)  # the first 20 places (FILE:LINE)
     lookalike_lines: int = 0  # all of them
+    # what messages call the input: ``path``, or "<stdin>" for "-" (standard input)
+    name: str = ""
+    _spool: _Spool | None = field(default=None, repr=False)  # the copy of a read-once input
+    _file: Path = field(init=False, repr=False)  # the file read: path, or the copy
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        if not self.path.exists():
-            raise DataError(f"no such file: {self.path}", hint="check the path")
-        if self.path.is_dir():
-            raise DataError(f"{self.path} is a folder, not a file")
-        self.format = self.options.format or detect_format(self.path)
-        _log.debug("reading %s as %s", self.path, self.format)
+        self.name = self.name or ("<stdin>" if str(self.path) == "-" else str(self.path))
+        if self._spool is None and _read_once(self.path):
+            self._spool = _Spool(self.path)
+        self._file = self.path if self._spool is None else self._spool.path  # the file read
+        if not self._file.exists():
+            raise DataError(f"no such file: {self.name}", hint="check the path (- reads standard input)")
+        if self._file.is_dir():
+            raise DataError(f"{self.name} is a folder, not a file")
+        self.format = self.options.format or detect_format(self._file, self.name)
+        _log.debug("reading %s as %s", self.name, self.format)
+
+    def reopen(self) -> QAReader:
+        """A new reader of the same input with the same options (standard input or a pipe is not
+        read again: both readers read its copy)."""
+        return QAReader(self.path, self.options, self.keep_examples, name=self.name, _spool=self._spool)
 
     def _lookalike(self, where: str) -> None:
         self.lookalike_lines += 1
@@ -854,30 +913,29 @@ class QAReader:
             self.lookalikes.append(where)
 
     def _raw(self) -> Iterator[tuple[str, object, object] | Invalid]:
-        fmt, opts, path = self.format, self.options, self.path
+        fmt, opts, path, name = self.format, self.options, self._file, self.name
         if fmt == "txt":
-            return _read_txt(path, opts, self._lookalike)
+            return _read_txt(path, opts, name, self._lookalike)
         if fmt == "jsonl":
-            return _read_jsonl(path, opts)
+            return _read_jsonl(path, opts, name)
         if fmt == "json":
-            return _read_json(path, opts)
+            return _read_json(path, opts, name)
         if fmt in ("csv", "tsv"):
-            return _read_csv(
-                path, opts, opts.delimiter or ("\t" if fmt == "tsv" else _sniff_delimiter(path, opts))
-            )
+            delimiter = opts.delimiter or ("\t" if fmt == "tsv" else _sniff_delimiter(path, opts, name))
+            return _read_csv(path, opts, delimiter, name)
         if fmt == "sqlite":
-            return _read_sqlite(path, opts)
-        return _read_parquet(path, opts)
+            return _read_sqlite(path, opts, name)
+        return _read_parquet(path, opts, name)
 
     def _items(self) -> Iterator[tuple[str, object, object] | Invalid]:
         try:
             yield from self._raw()
         except UnicodeDecodeError:
-            raise decode_error(self.path, self.options.encoding) from None
+            raise decode_error(self._file, self.options.encoding, self.name) from None
 
     def _no_records(self) -> DataError:
         return DataError(
-            f"no Q&A records in {self.path}",
+            f"no Q&A records in {self.name}",
             hint="the file is empty, has only blank lines or only a header",
         )
 
@@ -955,7 +1013,7 @@ class QAReader:
         found = {b.where: int(m.group(1)) for b in bads if (m := _RECORD.search(b.where))}
         if not found:
             return bads
-        lines = _json_record_lines(self.path, self.options.encoding, set(found.values()))
+        lines = _json_record_lines(self._file, self.options.encoding, set(found.values()), self.name)
         return [
             Invalid(f"{b.where} (line {lines[found[b.where]]})", b.reason, b.message)
             if b.where in found and found[b.where] in lines

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gptmed.core import DataError, atomic_open
-from gptmed.data.clean import _digest, normalize_key
+from gptmed.data.clean import _digest, _plural, normalize_key
 from gptmed.data.conversion import _write_jsonl, _write_txt, check_output, output_format_for
 from gptmed.data.readers import QAReader, ReadOptions
 
@@ -41,8 +41,10 @@ class SplitReport:
     def to_text(self) -> str:
         lines = [f"split {self.input} (seed {self.seed}) by normalised question"]
         for name, path in self.files.items():
+            pairs = "pair " if self.pairs[name] == 1 else "pairs"
+            questions = "question " if self.questions[name] == 1 else "questions"
             lines.append(
-                f"  {name:<6} {self.pairs[name]:>9,} pairs {self.questions[name]:>9,} questions -> {path}"
+                f"  {name:<6} {self.pairs[name]:>9,} {pairs} {self.questions[name]:>9,} {questions} -> {path}"
             )
         for reason, n in sorted(self.skipped.items()):
             lines.append(f"  skipped {reason:<16} {n:>8,}")
@@ -87,8 +89,8 @@ def split(
 
     # Pass 1: the distinct questions, in order of first appearance.
     order: dict[bytes, None] = {}
-    reader = QAReader(Path(input), opts)
-    for pair in reader:
+    first = QAReader(Path(input), opts)
+    for pair in first:
         order.setdefault(_digest(normalize_key(pair.question)), None)
     keys = list(order)
     del order
@@ -97,8 +99,8 @@ def split(
     n_test, n_val = _count(test, n), _count(val, n)
     if n - n_test - n_val < 1:
         raise DataError(
-            f"{n} distinct questions are too few for val={val} test={test}",
-            where=str(input),
+            f"{_plural(n, 'distinct question')} {'is' if n == 1 else 'are'} too few for val={val} test={test}",
+            where=first.name,
             hint="use smaller fractions or more data",
         )
     assign: dict[bytes, int] = {}
@@ -108,7 +110,7 @@ def split(
     index = {"train": 0, "val": 1, "test": 2}
 
     # Pass 2: stream the pairs into their files (all renamed into place only on success).
-    report = SplitReport(str(input), seed, {n_: 0 for n_ in names}, {n_: 0 for n_ in names})
+    report = SplitReport(first.name, seed, {n_: 0 for n_ in names}, {n_: 0 for n_ in names})
     report.questions = {
         "train": n - n_test - n_val,
         **({"val": n_val} if "val" in names else {}),
@@ -122,7 +124,7 @@ def split(
                 name,
                 stack.enter_context(atomic_open(paths[name], "w", overwrite=overwrite)),
             )
-        reader = QAReader(Path(input), opts)
+        reader = first.reopen()  # standard input or a pipe: its copy, not read twice
         for pair in reader:
             name, fh = handles[assign[_digest(normalize_key(pair.question))]]
             writer(fh, pair, report.pairs[name] == 0)

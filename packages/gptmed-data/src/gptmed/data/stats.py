@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from gptmed.core import DataError
-from gptmed.data.clean import LONG_ANSWER_WORDS, SHORT_ANSWER_WORDS, _digest, normalize_key, word_count
+from gptmed.data.clean import (
+    LONG_ANSWER_WORDS,
+    SHORT_ANSWER_WORDS,
+    _digest,
+    _plural,
+    normalize_key,
+    word_count,
+)
 from gptmed.data.readers import QAReader, ReadOptions
 
 __all__ = ["PERCENTILES", "LengthSummary", "StatsReport", "ValidationReport", "compute_stats", "validate"]
@@ -38,20 +45,22 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "ok": self.ok}
 
-    def to_text(self) -> str:
+    def to_text(self, fatal: bool = True) -> str:
+        """The report; ``fatal=False`` leaves out the error line (the CLI prints it on stderr)."""
         lines = [
-            f"{self.path} ({self.format or '?'}): {self.pairs:,} valid pairs in {self.records:,} records"
+            f"{self.path} ({self.format or '?'}): {_plural(self.pairs, 'valid pair')} in "
+            f"{_plural(self.records, 'record')}"
         ]
         lines += [f"  {p}" for p in self.problems]
         shown = len(self.problems)
         total = sum(self.invalid.values())
         if total > shown:
-            lines.append(f"  ... and {total - shown:,} more invalid records")
+            lines.append(f"  ... and {_plural(total - shown, 'more invalid record')}")
         for reason, n in sorted(self.invalid.items()):
             lines.append(f"  invalid {reason:<20} {n:>8,}")
         for reason, n in sorted(self.cleaned.items()):
             lines.append(f"  to clean {reason:<19} {n:>8,}")
-        if self.fatal:
+        if self.fatal and fatal:
             lines.append(f"  error: {self.fatal}")
         lines.append("OK" if self.ok else "INVALID")
         return "\n".join(lines)
@@ -64,7 +73,7 @@ def validate(path: str | os.PathLike[str], *, max_problems: int = 50, **options:
     reader: QAReader | None = None
     try:
         reader = QAReader(Path(path), opts, keep_examples=max_problems)
-        report.format = reader.format
+        report.path, report.format = reader.name, reader.format
         for _ in reader:
             report.pairs += 1
     except DataError as exc:
@@ -158,11 +167,11 @@ def compute_stats(path: str | os.PathLike[str], **options: Any) -> StatsReport:
     """Count pairs, length percentiles in words, duplicates, empty, short and long answers.
 
     Memory: one counter per distinct length and three 12-byte digests per pair (duplicates).
-    Invalid records are counted (by reason), not fatal.
+    The first invalid record raises :class:`DataError` (like ``convert``); with
+    ``skip_invalid=True`` invalid records are counted by reason.
     """
-    opts = dataclasses.replace(ReadOptions(**options), skip_invalid=True)
-    reader = QAReader(Path(path), opts, keep_examples=0)
-    report = StatsReport(str(path), reader.format)
+    reader = QAReader(Path(path), ReadOptions(**options), keep_examples=0)
+    report = StatsReport(reader.name, reader.format)
     qlen: Counter[int] = Counter()
     alen: Counter[int] = Counter()
     exact: set[bytes] = set()

@@ -24,7 +24,7 @@ __all__ = ["component_commands", "main"]
 _COMPONENTS = ("gptmed-data", "gptmed-tokenizer", "gptmed-model", "gptmed-train", "gptmed-infer")
 # One-line help for the component commands (their distribution summary is the fallback).
 _SHORT = {
-    "data": "Convert, validate, clean, split Q&A data (gptmed-data).",
+    "data": "Convert (cleaning on the way), validate, count, split Q&A data (gptmed-data).",
     "tokenizer": "Train a SentencePiece tokenizer; tokenize Q&A data (gptmed-tokenizer).",
     "model": "Model sizes and info (gptmed-model).",
     "train": "Train, resume, plot (gptmed-train).",
