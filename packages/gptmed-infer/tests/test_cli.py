@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,7 +163,7 @@ def test_interactive(artifacts) -> None:  # type: ignore[no-untyped-def]
         (["--top-p", "1.5"], "Error: top_p must be in (0, 1]"),
         (["--top-k", "-1"], "Error: top_k must be an integer >= 0"),
         (["--seed", "-1"], "Error: seed must be an integer >= 0"),  # was numpy's traceback
-        (["--max-length", "500"], "Error: prompt 0 has"),
+        (["--max-length", "500"], "Error: prompt has 10 tokens + max_length 500"),  # was "prompt 0 has"
     ],
 )
 def test_bad_input_is_one_line_exit_1(artifacts, args, message) -> None:  # type: ignore[no-untyped-def]
@@ -173,6 +174,95 @@ def test_bad_input_is_one_line_exit_1(artifacts, args, message) -> None:  # type
     assert r.returncode == 1
     assert r.stderr.startswith(message), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("content", [b"\n\n  \n", b""])
+def test_a_prompts_file_without_questions_is_one_line_exit_1(
+    artifacts, tmp_path: Path, content: bytes
+) -> None:  # type: ignore[no-untyped-def]
+    blank = tmp_path / "blank.txt"
+    blank.write_bytes(content)
+    what = "only blank lines" if content else "it is empty"
+    args = ["gptmed-generate", "--checkpoint", str(artifacts.bundle), "--prompts-file"]
+    r = _run([*args, "blank.txt"], tmp_path)
+    # was exit 2 with a usage block: "give --prompt TEXT, --prompts-file FILE ..." though it was given
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert r.stderr == f"Error: blank.txt: no questions ({what}); write one question per line\n"
+    r = _run([*args, "-"], tmp_path, stdin=content.decode())
+    assert (r.returncode, r.stderr) == (
+        1,
+        f"Error: stdin: no questions ({what}); write one question per line\n",
+    )
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_prompt_errors_number_prompts_from_1_and_name_a_single_one_without_a_number(
+    artifacts, stream
+) -> None:  # type: ignore[no-untyped-def]
+    args = ["gptmed-generate", "--checkpoint", str(artifacts.bundle), *stream, "--temperature", "0"]
+    long = "Why " + "is fever high " * 40 + "?"
+    r = _run([*args, "--prompt", long], artifacts.root)
+    assert r.returncode == 1 and r.stderr.startswith("Error: prompt has "), r.stderr  # was "prompt 0 has"
+    r = _run([*args, "--prompt", "What is fever?", "--prompt", ""], artifacts.root)
+    assert r.returncode == 1  # was "prompt is empty; pass a question": which one?
+    assert r.stderr == "Error: prompt 2 ('') is empty; pass a question\n", r.stderr
+    r = _run([*args, "--prompt", ""], artifacts.root)
+    assert r.stderr == "Error: prompt is empty; pass a question\n", r.stderr
+
+
+def test_export_of_a_bundle_folder_says_export_needs_a_pt_checkpoint(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    export = ["gptmed-infer", "export", "--out", str(tmp_path / "ex"), "--checkpoint"]
+    r = _run([*export, str(artifacts.bundle)], tmp_path)
+    # was "BUNDLE: checkpoint not found; ... or pass --checkpoint (a .pt file or an exported bundle folder)"
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(
+        f"Error: export needs a training checkpoint (.pt file); {artifacts.bundle} is already an exported "
+        f"bundle; pass --checkpoint {artifacts.checkpoint} (the checkpoint it was exported from)"
+    ), r.stderr
+    r = _run([*export, str(artifacts.bundle / "model.onnx")], tmp_path)
+    assert r.returncode == 1 and "is already an exported bundle" in r.stderr, r.stderr
+    (tmp_path / "folder").mkdir()
+    r = _run([*export, "folder"], tmp_path)
+    assert r.returncode == 1 and "folder is a folder; pass --checkpoint with a .pt file" in r.stderr, r.stderr
+    r = _run([*export, "nope.pt"], tmp_path)
+    assert r.stderr == (
+        "Error: nope.pt: checkpoint not found; train one (gptmed-train) or pass --checkpoint with a "
+        "training checkpoint (.pt file)\n"
+    )
+    assert not (tmp_path / "ex").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_not_found_suggests_only_valid_candidates_in_the_options_word(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for name in ("good", ".ex6.tmp-3oigbqdr", "b_badjson", "b_empty"):
+        (tmp_path / name).mkdir()
+    shutil.copyfile(artifacts.bundle / "gptmed.json", tmp_path / "good" / "gptmed.json")
+    shutil.copyfile(artifacts.bundle / "gptmed.json", tmp_path / ".ex6.tmp-3oigbqdr" / "gptmed.json")
+    (tmp_path / "b_badjson" / "gptmed.json").write_text("{", encoding="utf-8")
+    (tmp_path / "b_empty" / "gptmed.json").write_text("", encoding="utf-8")
+    runs = tmp_path / "model" / "checkpoints"
+    (runs / "run1").mkdir(parents=True)
+    shutil.copyfile(artifacts.checkpoint, runs / "run1" / "best_model.pt")
+    (runs / ".hidden.pt").write_bytes(b"")
+    r = _run(["gptmed-generate", "--checkpoint", "nope", "--prompt", "hi"], tmp_path)
+    # was "(found: .ex6.tmp-3oigbqdr, b_badjson, b_empty, ...)"
+    assert r.returncode == 1 and r.stderr.endswith(
+        "with a .pt file or an exported bundle folder (found: model/checkpoints/run1/best_model.pt, good)\n"
+    ), r.stderr
+    r = _run(["gptmed-infer", "serve", "--bundle", "nope", "--port", "0"], tmp_path)
+    # was "nope: checkpoint not found; ... pass --bundle with a .pt file ..."
+    assert r.returncode == 1 and r.stderr == (
+        "Error: nope: bundle not found; export one (gptmed-infer export --out DIR) or pass --bundle "
+        "with an exported bundle folder (found: good)\n"
+    ), r.stderr
+
+
+def test_serve_help_says_what_a_public_bind_without_a_key_does() -> None:
+    r = CliRunner().invoke(main, ["serve", "--help"])
+    assert r.exit_code == 0
+    help_text = " ".join(r.output.split())
+    assert "public binds need --api-key" not in help_text  # it only warned, and served
+    assert "without --api-key it serves anyone who can reach it (with a warning at start)" in help_text
+    assert "0 picks a free one" in help_text
 
 
 def test_missing_checkpoint_and_usage_errors(tmp_path: Path) -> None:
@@ -264,3 +354,14 @@ def test_export_and_info_commands(artifacts, tmp_path: Path) -> None:  # type: i
     )
     assert q.returncode == 0, q.stderr
     assert "Please consider" not in q.stdout + q.stderr  # onnxruntime's quantizer advice stays out
+
+
+def test_a_truncated_checkpoint_is_one_short_line(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """torch.load's error (a page on weights_only, or 'an internal miniz error') was cut into the line."""
+    cut = tmp_path / "best_model.pt"
+    cut.write_bytes(artifacts.checkpoint.read_bytes()[:1000])
+    r = _run(["gptmed-generate", "--checkpoint", str(cut), "--prompt", "hi?"], tmp_path)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"Error: {cut}: not a checkpoint (truncated, or another kind of file); "
+        "pass a .pt file written by gptmed-train, or an exported bundle folder"
+    ), r.stderr

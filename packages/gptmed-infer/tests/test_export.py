@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,6 +58,95 @@ def test_failed_parity_gate_leaves_no_bundle(artifacts, tmp_path: Path, monkeypa
         export.export_bundle(artifacts.checkpoint, out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temp folder left behind
+
+
+def test_an_interrupted_export_leaves_no_staging_folder(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.inference import export
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt  # also SystemExit: gptmed-core's cli_errors turns SIGTERM into one
+
+    monkeypatch.setattr(export, "check_parity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_bundle(artifacts.checkpoint, tmp_path / "ex6")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_replace_puts_the_previous_bundle_back(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.inference import export
+
+    out = tmp_path / "bundle"
+    shutil.copytree(artifacts.bundle, out)
+    before = (out / "gptmed.json").read_bytes()
+    real = export.os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst) == out and Path(src).name.startswith(".bundle.tmp-"):
+            raise KeyboardInterrupt  # the old bundle was moved aside; the new one is not in place yet
+        real(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_bundle(artifacts.checkpoint, out)
+    monkeypatch.undo()
+    # was: no bundle at OUT, the previous one hidden in .bundle.old-PID
+    assert (out / "gptmed.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_a_successful_export_removes_stale_staging_folders_of_its_name(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from gptmed.inference import export
+
+    stale = [tmp_path / ".ex6.tmp-3oigbqdr", tmp_path / ".ex6.tmp-999999999-abcd1234"]  # old name, dead PID
+    running = tmp_path / f".ex6.tmp-{os.getpid()}-live1234"  # an export still running (a live PID)
+    others = [tmp_path / ".ex7.tmp-3oigbqdr", tmp_path / "ex6.tmp-x"]  # another output; not a staging name
+    for folder in [*stale, running, *others]:
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"\0" * 1000)
+    (tmp_path / ".ex6.tmp-file").write_text("not a folder")
+    export.export_bundle(artifacts.checkpoint, tmp_path / "ex6")
+    # was: every killed export's 4.4 MB staging folder stayed forever
+    assert not any(p.exists() for p in stale)
+    assert running.is_dir() and all(p.is_dir() for p in others)
+    assert (tmp_path / ".ex6.tmp-file").is_file() and (tmp_path / "ex6" / "gptmed.json").is_file()
+
+
+def test_sigterm_during_export_leaves_no_staging_folder(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = "import sys; from gptmed.inference.cli import main; sys.argv[0] = 'gptmed-infer'; main()"
+    args = ["export", "--checkpoint", str(artifacts.checkpoint), "--out", "ex6", "--quantize", "int8"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    try:
+        deadline = time.time() + 120
+        while not any(p.name.startswith(".ex6.tmp-") for p in tmp_path.iterdir()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline
+            time.sleep(0.005)
+        time.sleep(0.05)  # inside the export's work
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # gptmed-core's cli_errors turns SIGTERM into an exception, so the export's cleanup runs
+    assert proc.returncode == 143, (proc.returncode, err)  # was -15: killed, no cleanup
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # was: .ex6.tmp-XXXX/ (4.4 MB) left behind
 
 
 def test_failed_int8_gate_leaves_no_bundle(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -151,8 +151,10 @@ def test_token_ids_out_of_range_are_refused(onnx_gen, bad) -> None:  # type: ign
 
 @pytest.mark.parametrize("bad", [[2, 5.5], [2, "5"], [2, 10**30]])
 def test_token_ids_that_are_not_integers_are_refused(onnx_gen, bad) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="prompt 0: token ids must be integers"):
+    with pytest.raises(ValueError, match="^prompt: token ids must be integers"):  # was "prompt 0: ..."
         onnx_gen.generate_ids([bad], max_length=2)
+    with pytest.raises(ValueError, match="^prompt 2: token ids must be integers"):  # numbered from 1
+        onnx_gen.generate_ids([[2, 5], bad], max_length=2)
 
 
 def test_int8_variant_answers(artifacts) -> None:  # type: ignore[no-untyped-def]

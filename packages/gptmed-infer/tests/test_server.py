@@ -576,3 +576,69 @@ def test_sigterm_ends_long_requests_with_openai_errors_not_plain_500s(artifacts,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _serve_cli(args: list[str], **popen: Any) -> Any:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    code = "import sys; from gptmed.inference.cli import main; sys.argv[0] = 'gptmed-infer'; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        **popen,
+    )
+
+
+def test_a_port_in_use_or_an_unknown_host_is_one_line_before_any_banner(artifacts) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _serve_cli(["--bundle", str(artifacts.bundle), "--port", str(port)])
+        out, err = proc.communicate(timeout=60)
+    # was "INFO: Started server process" then "ERROR: [Errno 98] ... address already in use", exit 3
+    assert (proc.returncode, out) == (1, ""), err
+    assert err == (
+        f"Error: cannot listen on 127.0.0.1:{port}: address already in use; pass another --port "
+        "(0 picks a free one)\n"
+    )
+    proc = _serve_cli(["--bundle", str(artifacts.bundle), "--host", "nosuchhost.invalid", "--port", "0"])
+    out, err = proc.communicate(timeout=60)
+    # was the "WITHOUT an API key" warning, then "ERROR: [Errno -2] Name or service not known"
+    assert (proc.returncode, out) == (1, ""), err
+    assert len(err.splitlines()) == 1 and err.startswith("Error: cannot listen on nosuchhost.invalid:0: "), (
+        err
+    )
+    assert err.endswith("; pass --host 127.0.0.1 or an address of this machine\n"), err
+
+
+def test_serve_on_port_0_listens_on_a_free_port_and_names_it(artifacts) -> None:  # type: ignore[no-untyped-def]
+    import queue
+    import re
+    import signal
+
+    proc = _serve_cli(["--bundle", str(artifacts.bundle), "--port", "0", "--api-key", KEY])
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        seen: list[str] = []
+        deadline = time.time() + 60
+        while not seen or "listening on" not in seen[-1]:
+            assert proc.poll() is None and time.time() < deadline, seen
+            try:
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                continue
+        port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+) ", seen[-1]).group(1))  # type: ignore[union-attr]
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -25,6 +25,41 @@ class _NeedsTorch(GptmedError):
     pass
 
 
+def _looks_like_bundle(folder: Path) -> bool:
+    """A folder whose ``gptmed.json`` loads as a bundle manifest (no checksums: a suggestion only)."""
+    from gptmed.core import BundleManifest
+
+    try:
+        BundleManifest.load(folder / "gptmed.json")
+    except (GptmedError, OSError, ValueError):
+        return False
+    return True
+
+
+def _not_found(path: Path, option: str, *, checkpoints: bool = True, bundles: bool = True) -> GptmedError:
+    """The error "PATH: checkpoint|bundle not found", its hint naming ``option`` and up to 3 candidates:
+    .pt files under model/checkpoints/ and bundle folders in the working folder whose gptmed.json
+    loads. Hidden names (export's ``.OUT.tmp-*`` staging folders) are never suggested."""
+    noun = "checkpoint" if checkpoints else "bundle"
+    if not bundles:
+        hint = f"train one (gptmed-train) or pass {option} with a training checkpoint (.pt file)"
+    elif not checkpoints:
+        hint = f"export one (gptmed-infer export --out DIR) or pass {option} with an exported bundle folder"
+    else:
+        hint = f"train one (gptmed-train) or pass {option} with a .pt file or an exported bundle folder"
+    ckpt_dir = Path(DEFAULT_CHECKPOINT).parent
+    found: list[Path] = []
+    if checkpoints:
+        pts = sorted(ckpt_dir.glob("*.pt")) + sorted(ckpt_dir.glob("*/best_model.pt"))
+        found += [p for p in pts if p.is_file()]
+    if bundles:
+        found += [m.parent for m in sorted(Path(".").glob("*/gptmed.json")) if _looks_like_bundle(m.parent)]
+    shown = [str(c) for c in found if not any(part.startswith(".") for part in c.parts)][:3]
+    if shown:
+        hint += f" (found: {', '.join(shown)})"
+    return GptmedError(f"{noun} not found", where=str(path), hint=hint)
+
+
 def _open_generator(
     checkpoint: str,
     tokenizer: str | None,
@@ -37,20 +72,7 @@ def _open_generator(
 
     path = Path(checkpoint)
     if not path.exists():
-        others = sorted(Path(DEFAULT_CHECKPOINT).parent.glob("*/best_model.pt")) + sorted(
-            Path(".").glob("*/gptmed.json")
-        )
-        found = (
-            f" (found: {', '.join(str(o.parent if o.name == 'gptmed.json' else o) for o in others[:3])})"
-            if others
-            else ""
-        )
-        raise GptmedError(
-            "checkpoint not found",
-            where=str(path),
-            hint=f"train one (gptmed-train) or pass {option} with a .pt file or an exported bundle folder"
-            + found,
-        )
+        raise _not_found(path, option, checkpoints=option != "--bundle")
     try:
         if path.suffix == ".pt":
             return TextGenerator(model=str(path), tokenizer_path=tokenizer)
@@ -62,7 +84,9 @@ def _open_generator(
         ) from None
 
 
-def _read_prompts(source: str) -> list[str]:
+def _read_prompts(source: str, required: bool = True) -> list[str]:
+    """The questions of ``source`` (a file or '-'), one a line; none is an error when ``required``
+    (a --prompts-file given), and an empty list otherwise (stdin read because nothing was given)."""
     if source == "-":
         text = sys.stdin.read()
     else:
@@ -73,7 +97,14 @@ def _read_prompts(source: str) -> list[str]:
                 f"not valid UTF-8 (byte offset {exc.start})", where=source, hint="save it as UTF-8"
             ) from None
     text = text.removeprefix("\ufeff")  # a BOM (Windows editors) is not part of the first question
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    questions = [line.strip() for line in text.splitlines() if line.strip()]
+    if not questions and required:
+        raise GptmedError(
+            f"no questions ({'only blank lines' if text else 'it is empty'})",
+            where="stdin" if source == "-" else source,
+            hint="write one question per line",
+        )
+    return questions
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -150,7 +181,7 @@ def generate_main(**kw: Any) -> None:
         if kw["prompts_file"]:
             prompts += _read_prompts(kw["prompts_file"])
         elif not prompts and not kw["interactive"] and not sys.stdin.isatty():
-            prompts += _read_prompts("-")
+            prompts += _read_prompts("-", required=False)
         if not prompts and not kw["interactive"]:
             raise click.UsageError(
                 "give --prompt TEXT, --prompts-file FILE (or '-' for stdin), or --interactive"
@@ -174,28 +205,44 @@ def _emit(prompt: str, answer: str, as_json: bool, single: bool) -> None:
         click.echo(f"Q: {prompt}\nA: {answer}\n")
 
 
+def _subject(index: int, prompts: list[str], flags: int) -> str:
+    """How an error names ``prompts[index]``: "prompt" when it is the only one, "prompt N ('...')"
+    for the N-th --prompt, "question N ('...')" for the N-th question of --prompts-file."""
+    if len(prompts) == 1:
+        return "prompt"
+    question = prompts[index]
+    shown = question if len(question) <= 50 else question[:47] + "..."
+    if index < flags:
+        return f"prompt {index + 1} ({shown!r})"
+    return f"question {index - flags + 1} ({shown!r})"
+
+
 def _answer_all(gen: Any, prompts: list[str], params: dict[str, Any], kw: dict[str, Any]) -> None:
+    from gptmed.inference.generator import PromptError
+
     single = len(prompts) == 1 and len(kw["prompts"]) == 1  # one --prompt: the bare answer
+    flags = len(kw["prompts"])
     if kw["stream"] and not kw["as_json"]:
-        for prompt in prompts:
+        for n, prompt in enumerate(prompts):
+            pieces = gen.stream(prompt, **params)
+            try:
+                first = next(pieces, "")  # a prompt that cannot run fails here, before its "Q:"
+            except PromptError as exc:
+                raise GptmedError(exc.about(_subject(n, prompts, flags))) from None
             if not single:
                 click.echo(f"Q: {prompt}\nA: ", nl=False)
-            for piece in gen.stream(prompt, **params):
+            click.echo(first, nl=False)
+            for piece in pieces:
                 click.echo(piece, nl=False)
             click.echo("\n" if not single else "")
         return
-    from gptmed.inference.generator import PromptError
 
     for start in range(0, len(prompts), kw["batch_size"]):
         chunk = prompts[start : start + kw["batch_size"]]
         try:
             answers = gen.generate_batch(chunk, **params)
         except PromptError as exc:
-            if single:
-                raise
-            question = chunk[exc.row]
-            shown = question if len(question) <= 50 else question[:47] + "..."
-            raise GptmedError(exc.about(f"question {start + exc.row + 1} ({shown!r})")) from None
+            raise GptmedError(exc.about(_subject(start + exc.row, prompts, flags))) from None
         for prompt, answer in zip(chunk, answers, strict=True):
             _emit(prompt, answer, kw["as_json"], single)
 
@@ -267,6 +314,8 @@ def export_cmd(
             raise GptmedError(
                 f"export needs the [export] extra ({exc})", hint='pip install "gptmed-infer[export]"'
             ) from None
+        if not Path(checkpoint).exists():
+            raise _not_found(Path(checkpoint), "--checkpoint", bundles=False)
         try:
             report = export_bundle_report(
                 checkpoint,
@@ -382,9 +431,19 @@ def info_cmd(bundle: str, debug: bool) -> None:
 @main.command("serve")
 @click.option("--bundle", default="bundle", show_default=True, help="Bundle folder to serve.")
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Interface to bind (public binds need --api-key)."
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind. Any other than 127.0.0.1/localhost/::1 is reachable from the network: "
+    "without --api-key it serves anyone who can reach it (with a warning at start).",
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0 picks a free one; the log names it).",
+)
 @click.option(
     "--api-key",
     envvar="GPTMED_API_KEY",
@@ -450,7 +509,7 @@ def serve_cmd(
     """Serve a bundle with an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
     with cli_errors(debug):
         try:
-            from gptmed.inference.server import ServerConfig, serve
+            from gptmed.inference.server import ServerConfig, bind_sockets, serve
         except ImportError as exc:
             raise GptmedError(
                 f"serve needs the [serve] extra ({exc})", hint='pip install "gptmed-infer[serve]"'
@@ -466,8 +525,14 @@ def serve_cmd(
             read_timeout=read_timeout,
             shutdown_timeout=shutdown_timeout,
         )
-        gen = _open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
-        serve(gen, config)
+        sockets = bind_sockets(host, port)  # a port in use fails here, before loading the model
+        try:
+            gen = _open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        serve(gen, config, sockets)
 
 
 if __name__ == "__main__":  # pragma: no cover

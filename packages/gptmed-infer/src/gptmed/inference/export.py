@@ -37,6 +37,7 @@ import numpy as np
 from gptmed.core import (
     BundleError,
     BundleManifest,
+    CheckpointError,
     CheckpointManifest,
     GenerationConfig,
     ManifestError,
@@ -396,6 +397,69 @@ def _root_logger_at(level: int) -> Any:
         root.setLevel(before)
 
 
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def _remove_stale_staging(out: Path) -> list[Path]:
+    """Remove ``.OUT.tmp-*`` staging folders beside ``out`` that a killed export left behind.
+
+    A staging folder is named ``.OUT.tmp-PID-XXXX``; one whose process still runs (another export
+    to the same folder) is kept, and so is anything that is not a folder. Names without a PID
+    (older versions) are stale by definition. Returns the folders removed."""
+    prefix = _staging_prefix(out)
+    removed: list[Path] = []
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        _log.info("removed %d staging folder(s) of killed exports: %s", len(removed), removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's process
+        return True
+    return True
+
+
+def _not_a_checkpoint(ckpt: Path) -> None:
+    """Refuse a bundle folder (or any folder, or an .onnx file) given as the checkpoint to export."""
+    if not (ckpt.is_dir() or ckpt.suffix == ".onnx"):
+        return
+    root = ckpt if ckpt.is_dir() else ckpt.parent
+    if (root / BUNDLE_MANIFEST).is_file():
+        source = None
+        with contextlib.suppress(Exception):
+            source = BundleManifest.load(root / BUNDLE_MANIFEST).extra.get("checkpoint")
+        if source and not Path(source).is_file():
+            source = None
+        raise CheckpointError(
+            f"export needs a training checkpoint (.pt file); {root} is already an exported bundle",
+            hint=f"pass --checkpoint {source} (the checkpoint it was exported from)"
+            if source
+            else "pass --checkpoint with the .pt file it was exported from",
+        )
+    if ckpt.is_dir():
+        raise CheckpointError(
+            f"export needs a training checkpoint (.pt file); {ckpt} is a folder",
+            hint="pass --checkpoint with a .pt file, such as model/checkpoints/best_model.pt",
+        )
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         if not out.is_dir():
@@ -411,7 +475,12 @@ def _replace_dir(tmp: Path, out: Path) -> None:
             )
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if not out.exists():
+                os.replace(old, out)  # put the previous bundle back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
@@ -463,6 +532,7 @@ def export_bundle_report(
 
     ckpt = Path(checkpoint_path)
     out = Path(out_dir)
+    _not_a_checkpoint(ckpt)
     model, ckpt_manifest = load_checkpoint_model(ckpt)
     cfg = model.config
     tok_path = _resolve_tokenizer(tokenizer_path, ckpt_manifest, ckpt)
@@ -488,10 +558,11 @@ def export_bundle_report(
     special_ids = ckpt_manifest.special_ids if ckpt_manifest else tokenizer.special_ids
     gen = generation or GenerationConfig()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)
     report = ExportReport(out_dir=out)
-    try:
+    # the PID in the name tells a later export whether this one is still running (stale: removed)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-", dir=out.parent))
+    try:  # any exception, KeyboardInterrupt and SystemExit (SIGTERM via cli_errors) too: no staging left
+        os.chmod(tmp, 0o755)
         inputs, outputs = export_onnx(model, tmp / MODEL_FILE)
         shutil.copyfile(tok_path, tmp / TOKENIZER_FILE)
         files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE), TOKENIZER_FILE: tokenizer.sha256}
@@ -558,5 +629,6 @@ def export_bundle_report(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remove_stale_staging(out)
     report.seconds = time.perf_counter() - start
     return report

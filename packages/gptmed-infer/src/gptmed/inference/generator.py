@@ -74,17 +74,18 @@ def load_tokenizer(path: str | os.PathLike[str], template: PromptTemplate = DEFA
 
 
 class PromptError(ConfigError):
-    """A prompt that cannot run (no tokens, bad ids, too long); ``row`` is its index in the call."""
+    """A prompt that cannot run (empty, no tokens, bad ids, too long); ``row`` is its index in the
+    call (0-based). The message numbers it from 1 ("prompt 2 is empty"), or says "prompt" alone
+    when the call had one (``count``)."""
 
-    def __init__(self, row: int, problem: str) -> None:
+    def __init__(self, row: int, problem: str, count: int = 0) -> None:
         self.row, self.problem = row, problem
-        super().__init__(self.about(f"prompt {row}"))
+        super().__init__(self.about("prompt" if count == 1 else f"prompt {row + 1}"))
 
     def about(self, subject: str) -> str:
         """The message with another name for the prompt ("question 3 ('What...')")."""
-        return (
-            f"{subject} {self.problem}" if self.problem.startswith("has ") else f"{subject}: {self.problem}"
-        )
+        joined = self.problem.startswith(("has ", "is "))
+        return f"{subject} {self.problem}" if joined else f"{subject}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -206,20 +207,32 @@ class TextGenerator:
             raise ConfigError("prompt is empty; pass a question")
         return [self.special_ids.bos, *self.tokenizer.encode(self.template.render_prompt(question))]
 
+    def _encode_all(self, prompts: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode_prompt` of each; an empty one is a :class:`PromptError` naming it."""
+        out = []
+        for n, question in enumerate(prompts):
+            if isinstance(question, str) and not question.strip():
+                raise PromptError(n, "is empty; pass a question", len(prompts))
+            out.append(self.encode_prompt(question))
+        return out
+
     def _check_ids(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig) -> None:
         vocab, ctx = self.config.vocab_size, self.config.max_seq_len
+        count = len(prompts)
         for n, ids in enumerate(prompts):
             if len(ids) == 0:
-                raise PromptError(n, "has no tokens")
+                raise PromptError(n, "has no tokens", count)
             arr = np.asarray(ids)
             if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):  # 5.5 would become 5
-                raise PromptError(n, f"token ids must be integers, got an array of {arr.dtype}")
+                raise PromptError(n, f"token ids must be integers, got an array of {arr.dtype}", count)
             lo, hi = int(arr.min()), int(arr.max())
             if lo < 0 or hi >= vocab:
-                raise PromptError(n, f"token ids must be in [0, {vocab}), got min {lo}, max {hi}")
+                raise PromptError(n, f"token ids must be in [0, {vocab}), got min {lo}, max {hi}", count)
             if len(ids) >= ctx:
                 raise PromptError(
-                    n, f"has {len(ids)} tokens: it fills the model's context of {ctx} tokens; shorten it"
+                    n,
+                    f"has {len(ids)} tokens: it fills the model's context of {ctx} tokens; shorten it",
+                    count,
                 )
             if len(ids) + cfg.max_length > ctx:
                 raise PromptError(
@@ -227,6 +240,7 @@ class TextGenerator:
                     f"has {len(ids)} tokens + max_length {cfg.max_length} = {len(ids) + cfg.max_length} "
                     f"> the model's context of {ctx} tokens; shorten the prompt or lower max_length "
                     f"(at most {ctx - len(ids)} here)",
+                    count,
                 )
 
     # ------------------------------------------------------------------------------ the loop
@@ -289,7 +303,7 @@ class TextGenerator:
         """Yield ``(row, text_piece, None)`` as text becomes final, then ``(row, rest, stream)`` per row.
 
         ``cancel()`` is asked after every token; when it returns true every row ends there."""
-        ids = [self.encode_prompt(p) for p in prompts]
+        ids = self._encode_all(prompts)
         streams = [AnswerStream(self.tokenizer.decode, cfg.stop) for _ in prompts]
         counts = [0] * len(prompts)
 
@@ -370,7 +384,7 @@ class TextGenerator:
             raise TypeError("generate_batch() takes a list of prompts, not a str")
         if not prompts:
             return []
-        prompt_lens = [len(self.encode_prompt(p)) for p in prompts]
+        prompt_lens = [len(ids) for ids in self._encode_all(prompts)]
         cfg = self._config(config, params, prompt_lens)
         texts = [""] * len(prompts)
         results: list[GenerationResult | None] = [None] * len(prompts)
@@ -398,7 +412,7 @@ class TextGenerator:
         ``cancel`` (optional) is called after every token; returning true ends generation there
         (the server uses it when a client disconnects)."""
         params.update(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p)
-        cfg = self._config(params.pop("config", None), params, [len(self.encode_prompt(prompt))])
+        cfg = self._config(params.pop("config", None), params, [len(self._encode_all([prompt])[0])])
         for _row, piece, _stream in self._answers([prompt], cfg, cancel):
             if piece:
                 yield piece

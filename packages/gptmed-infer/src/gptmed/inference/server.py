@@ -3,7 +3,8 @@
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
 ``GET /health``. Starlette + uvicorn. Guarantees (RELIABILITY.md "HTTP server"):
 
-* binds 127.0.0.1 by default; a public bind without an API key logs a loud warning;
+* binds 127.0.0.1 by default; a public bind without an API key logs a loud warning; a port in use
+  or a host that does not resolve is a one-line error before anything is logged;
 * ``Authorization: Bearer KEY`` compared in constant time (``hmac.compare_digest``);
 * every error is ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status: body over
   the cap -> 413 before parsing; non-JSON, invalid UTF-8 or lone surrogates, empty ``messages``,
@@ -23,11 +24,13 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/mo
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import hmac
 import json
 import logging
 import math
+import socket
 import threading
 import time
 import uuid
@@ -43,7 +46,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["ServerConfig", "build_server", "create_app", "serve"]
+__all__ = ["ServerConfig", "bind_sockets", "build_server", "create_app", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -615,6 +618,53 @@ def check_bind(config: ServerConfig) -> None:
         )
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound (not yet listening) sockets for every address ``host`` resolves to, as asyncio would
+    bind them; ``port`` 0 picks a free port (the same one for every address).
+
+    Raises :class:`gptmed.core.GptmedError` with one line for a port in use, a host that does not
+    resolve or is not an address of this machine, so that ``serve`` fails before its banner."""
+    where = _address(host, port)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise GptmedError(
+            f"cannot listen on {where}: {exc.strerror}",
+            hint="pass --host 127.0.0.1 or an address of this machine",
+        ) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:  # the port the first address got
+                addr = (addr[0], sockets[0].getsockname()[1], *addr[2:])
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                problem = (exc.strerror or str(exc)).lower()
+                if exc.errno == errno.EADDRINUSE:
+                    hint = "pass another --port (0 picks a free one)"
+                elif exc.errno == errno.EACCES and port < 1024:
+                    hint = "ports below 1024 need privileges; pass --port 1024 or above"
+                else:
+                    hint = "pass --host 127.0.0.1 or an address of this machine"
+                raise GptmedError(f"cannot listen on {where}: {problem}", hint=hint) from None
+            sock.set_inheritable(True)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def build_server(generator: Any, config: ServerConfig | None = None, log_level: str = "info") -> Any:
     """The ``uvicorn.Server`` that :func:`serve` runs: the app, header read timeout, and the
     shutdown drain (SIGTERM/SIGINT -> 503 for new requests, a deadline for running ones)."""
@@ -658,6 +708,13 @@ def build_server(generator: Any, config: ServerConfig | None = None, log_level: 
             finally:
                 api.pool.shutdown(wait=False, cancel_futures=True)  # its threads end with the server
 
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if sockets is not None and self.started:  # uvicorn only announces sockets it bound itself
+                for sock in sockets:
+                    host, port = sock.getsockname()[:2]
+                    _log.info("listening on http://%s (Ctrl-C to stop)", _address(host, port))
+
     uv_config = uvicorn.Config(
         app,
         host=cfg.host,
@@ -670,9 +727,17 @@ def build_server(generator: Any, config: ServerConfig | None = None, log_level: 
     return Server(uv_config)
 
 
-def serve(generator: Any, config: ServerConfig | None = None) -> None:
-    """Run the server until interrupted (uvicorn)."""
+def serve(
+    generator: Any, config: ServerConfig | None = None, sockets: list[socket.socket] | None = None
+) -> None:
+    """Run the server until interrupted (uvicorn) on ``sockets`` (default: :func:`bind_sockets`
+    of the config's host and port, bound before anything is logged)."""
     cfg = config or ServerConfig()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    check_bind(cfg)
-    build_server(generator, cfg).run()
+    bound = sockets if sockets is not None else bind_sockets(cfg.host, cfg.port)
+    try:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        check_bind(cfg)
+        build_server(generator, cfg).run(sockets=bound)
+    finally:
+        for sock in bound:
+            sock.close()

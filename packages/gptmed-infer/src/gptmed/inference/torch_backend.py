@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,12 @@ def load_checkpoint_model(
             "checkpoint not found",
             where=str(p),
             hint="train one with gptmed-train, or pass --checkpoint (a .pt file or an exported bundle folder)",
+        )
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip; torch.load's own error is a page of prose
+        raise CheckpointError(
+            "not a checkpoint (truncated, or another kind of file)",
+            where=str(p),
+            hint="pass a .pt file written by gptmed-train, or an exported bundle folder",
         )
     try:
         ckpt = torch.load(p, map_location=device, weights_only=True)
