@@ -268,6 +268,23 @@ def test_sigterm_under_cli_errors_cleans_up_like_ctrl_c_and_exits_143(tmp_path: 
     assert list(tmp_path.iterdir()) == []  # no temp file, no folders made for it
 
 
+def test_a_closed_output_pipe_ends_quietly() -> None:
+    """`gptmed-infer export ... | head -1` ended with `Error: Broken pipe` (and Python's own
+    complaint when it flushed stdout at exit)."""
+    code = (
+        "from gptmed.core import cli_errors\n"
+        "with cli_errors(debug=False):\n"
+        "    for i in range(200000):\n"
+        "        print('line', i)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()  # the reader goes away, like `head -1`
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    assert (proc.wait(timeout=30), stderr) == (141, b"")
+
+
 def test_output_folder_errors_name_the_file_in_the_way(tmp_path: Path) -> None:
     from gptmed.core import GptmedError, atomic_write_text, make_folder
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -89,6 +90,12 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
     previous = _catch_sigterm()
     try:
         yield
+    except BrokenPipeError:
+        # whoever read our output went away (`gptmed-infer export ... | head -1`): stop quietly, as
+        # Unix tools do, and keep Python from complaining when it flushes stdout at exit
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
     except (GptmedError, OSError) as exc:
         if debug:
             raise

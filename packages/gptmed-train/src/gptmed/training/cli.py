@@ -320,7 +320,7 @@ def _train_options(f: Any) -> Any:
             type=click.IntRange(min=0),
             default=_D["keep_last"],
             show_default=True,
-            help="Keep the newest K epoch checkpoints (0 = all).",
+            help="Keep the newest K epoch checkpoints (0 = all) and K step checkpoints (2 when 0).",
         ),
         click.option(
             "--grad-accum",
