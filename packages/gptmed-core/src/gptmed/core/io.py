@@ -23,6 +23,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "make_folder",
+    "missing_folders",
+    "remove_empty_folders",
     "sha256_bytes",
     "sha256_file",
     "sweep_temp_files",
@@ -71,7 +73,7 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     folder = path.parent if str(path.parent) else Path(".")
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    made = missing_folders(folder)
     try:
         make_folder(folder, "the output folder")
         try:
@@ -80,7 +82,7 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
     except PermissionError:
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise GptmedError(
             f"cannot write {path}: permission denied in {folder}", hint="choose a folder you can write to"
         ) from None
@@ -100,7 +102,7 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise
 
 
@@ -124,8 +126,16 @@ def make_folder(folder: str | os.PathLike[str], what: str = "folder") -> Path:
     return folder
 
 
-def _remove_empty(made: list[Path]) -> None:
-    """Remove the folders made for a file (deepest first), as long as nothing else landed in them."""
+def missing_folders(folder: str | os.PathLike[str]) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what a
+    ``mkdir -p`` is about to create, for :func:`remove_empty_folders` to take back."""
+    folder = Path(folder)
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty_folders(made: list[Path]) -> None:
+    """Remove the folders of :func:`missing_folders` (deepest first) as long as nothing else
+    landed in them: a failed or finished run leaves no empty folder it created."""
     for created in made:
         try:
             created.rmdir()

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +37,7 @@ from gptmed.core import (
     DatasetManifest,
     QAPair,
     atomic_open,
+    installed_version,
     make_folder,
     sha256_file,
 )
@@ -63,13 +63,6 @@ FILES = {"train": "train.npy", "val": "val.npy", "train_mask": "train.mask.npy",
 METADATA = "metadata.json"
 _CHUNK_PAIRS = 8192  # a SentencePiece batch call gets at most this many pairs ...
 _CHUNK_CHARS = 1 << 20  # ... or about this much text
-
-
-def _version() -> str:
-    try:
-        return version("gptmed-tokenizer")
-    except PackageNotFoundError:  # pragma: no cover - source tree
-        return "0.0.0"
 
 
 def token_dtype(vocab_size: int) -> np.dtype[Any]:
@@ -413,7 +406,7 @@ def tokenize_dataset(
             "duplicate_question_pairs": duplicates,
             # which pairs (0-based, in input order) went to val.npy: the model never trains on them
             "val_pair_indices": [int(i) for i in val_idx],
-            "gptmed_tokenizer_version": _version(),
+            "gptmed_tokenizer_version": installed_version("gptmed-tokenizer"),
         },
     )
     manifest.save(meta_path)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from gptmed.core import make_folder
+from gptmed.core import make_folder, missing_folders, remove_empty_folders
 from gptmed.training.errors import TrainingError
 
 __all__ = ["FolderLock"]
@@ -35,7 +35,7 @@ class FolderLock:
         self._made: list[Path] = []  # folders acquire() created, deepest first
 
     def acquire(self) -> None:
-        self._made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        self._made = missing_folders(self.folder)
         make_folder(self.folder, "checkpoint folder")
         try:
             import fcntl
@@ -81,11 +81,7 @@ class FolderLock:
             os.unlink(self.path)
         os.close(self._fd)  # closing drops the flock
         self._fd = None
-        for folder in self._made:
-            try:
-                folder.rmdir()  # only succeeds when empty
-            except OSError:
-                break
+        remove_empty_folders(self._made)
 
     def __enter__(self) -> FolderLock:
         self.acquire()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from gptmed.core import cli_errors
+from gptmed.core import cli_errors, installed_version, missing_folders, remove_empty_folders
 
 __all__ = ["component_commands", "main"]
 
@@ -116,13 +116,6 @@ class _Umbrella(click.Group):
             formatter.write_dl(sorted(rows))
 
 
-def _version() -> str:
-    try:
-        return md.version("gptmed")
-    except md.PackageNotFoundError:  # pragma: no cover
-        return "0.0.0"
-
-
 @contextlib.contextmanager
 def _training_signals(debug: bool) -> Iterator[None]:
     """SIGINT/SIGTERM during the training step: one line naming the saved checkpoint and how to
@@ -147,20 +140,16 @@ def _training_signals(debug: bool) -> Iterator[None]:
 def _no_empty_output(out: Path) -> Iterator[None]:
     """A run that fails before writing anything removes the output folders it created (a failed
     first step left an empty ``--out`` folder behind)."""
-    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    made = missing_folders(out)
     try:
         yield
     except BaseException:
-        for folder in made:
-            try:
-                folder.rmdir()  # only when empty
-            except OSError:
-                break
+        remove_empty_folders(made)
         raise
 
 
 @click.group(cls=_Umbrella, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), prog_name="gptmed")
+@click.version_option(installed_version("gptmed"), prog_name="gptmed")
 def main() -> None:
     """gptmed: train a GPT on your Q&A pairs and serve it without PyTorch."""
 
