@@ -176,10 +176,7 @@ def run_with_console(
             return train_model(config, callbacks, explicit_fields=explicit_fields)
         except TrainingInterrupted as exc:
             callbacks._clear_bar()
-            where = f"saved {exc.checkpoint}" if exc.checkpoint else "nothing saved (no step taken)"
-            click.echo(
-                f"Interrupted at step {exc.step}: {where}. Continue with: {_resume_command(config)}", err=True
-            )
+            click.echo(exc.report(f"Continue with: {_resume_command(config)}"), err=True)
             sys.exit(exc.exit_code)
     raise AssertionError("unreachable")  # pragma: no cover
 

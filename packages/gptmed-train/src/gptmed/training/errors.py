@@ -39,3 +39,8 @@ class TrainingInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+    def report(self, then: str) -> str:
+        """The one line a command prints: the step, what was saved, and ``then`` (how to go on)."""
+        where = f"saved {self.checkpoint}" if self.checkpoint else "nothing saved (no step taken)"
+        return f"Interrupted at step {self.step}: {where}. {then}"

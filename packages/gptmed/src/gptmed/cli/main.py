@@ -22,25 +22,15 @@ from gptmed.core import cli_errors, installed_version, missing_folders, remove_e
 __all__ = ["component_commands", "main"]
 
 _COMPONENTS = ("gptmed-data", "gptmed-tokenizer", "gptmed-model", "gptmed-train", "gptmed-infer")
-# One-line help for the component commands (their distribution summary is the fallback).
-_SHORT = {
-    "data": "Convert (cleaning on the way), validate, count, split Q&A data (gptmed-data).",
-    "tokenizer": "Train a SentencePiece tokenizer; tokenize Q&A data (gptmed-tokenizer).",
-    "model": "Model sizes and info (gptmed-model).",
-    "train": "Train, resume, plot (gptmed-train).",
-    "infer": "Export to ONNX, evaluate, serve (gptmed-infer).",
-    "generate": "Answer questions from a bundle or checkpoint (gptmed-infer).",
-}
-
-
-# What each component subcommand comes with, for a clear error when it is not installed.
-_PROVIDER = {
-    "data": "gptmed-data",
-    "tokenizer": "gptmed-tokenizer",
-    "model": "gptmed-model",
-    "train": "gptmed-train",
-    "infer": "gptmed-infer",
-    "generate": "gptmed-infer",
+# The component subcommands this umbrella knows: the distribution each comes with (named when it
+# is not installed) and its one-line help (the distribution summary is the fallback for others).
+_KNOWN = {
+    "data": ("gptmed-data", "Convert (cleaning on the way), validate, count, split Q&A data"),
+    "tokenizer": ("gptmed-tokenizer", "Train a SentencePiece tokenizer; tokenize Q&A data"),
+    "model": ("gptmed-model", "Model sizes and info"),
+    "train": ("gptmed-train", "Train, resume, plot"),
+    "infer": ("gptmed-infer", "Export to ONNX, evaluate, serve"),
+    "generate": ("gptmed-infer", "Answer questions from a bundle or checkpoint"),
 }
 # The modules `gptmed pipeline` / `gptmed quickstart` run, and the distribution of each.
 _PIPELINE_MODULES = {
@@ -101,8 +91,8 @@ class _Umbrella(click.Group):
             return own
         entry = component_commands().get(cmd_name)
         if entry is None:
-            if cmd_name in _PROVIDER:
-                dist = _PROVIDER[cmd_name]
+            if cmd_name in _KNOWN:
+                dist = _KNOWN[cmd_name][0]
                 raise click.ClickException(
                     f"`gptmed {cmd_name}` comes with {dist}, which is not installed: pip install {dist}"
                 )
@@ -111,7 +101,10 @@ class _Umbrella(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(n, cmd.get_short_help_str(60)) for n, cmd in sorted(self.commands.items()) if not cmd.hidden]
-        rows += [(name, _SHORT.get(name, summary)) for name, (_, summary) in component_commands().items()]
+        rows += [
+            (name, f"{_KNOWN[name][1]} ({_KNOWN[name][0]})." if name in _KNOWN else summary)
+            for name, (_, summary) in component_commands().items()
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
 
@@ -120,19 +113,14 @@ class _Umbrella(click.Group):
 def _training_signals(debug: bool) -> Iterator[None]:
     """SIGINT/SIGTERM during the training step: one line naming the saved checkpoint and how to
     continue, exit 128 + signum (gptmed-train's own contract; the step raised TrainingInterrupted)."""
+    from gptmed.training.errors import TrainingInterrupted  # installed: _require_pipeline_components
+
     try:
         yield
-    except Exception as exc:
-        try:
-            from gptmed.training.errors import TrainingInterrupted
-        except ImportError:  # gptmed-train not installed: nothing of it can be in flight
-            raise exc from None
-        if debug or not isinstance(exc, TrainingInterrupted):
+    except TrainingInterrupted as exc:
+        if debug:
             raise
-        where = f"saved {exc.checkpoint}" if exc.checkpoint else "nothing saved (no step taken)"
-        click.echo(
-            f"Interrupted at step {exc.step}: {where}. Rerun the same command to continue from it.", err=True
-        )
+        click.echo(exc.report("Rerun the same command to continue from it."), err=True)
         sys.exit(exc.exit_code)
 
 
