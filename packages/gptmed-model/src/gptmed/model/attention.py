@@ -207,14 +207,6 @@ def _fallback(reason: str) -> None:
         _log.info("fused attention falls back to sdpa: %s", reason)
 
 
-def _decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """A generation step's shape: at most ``DECODE_MAX_T`` queries and nothing to differentiate."""
-    from gptmed.model.kernels.triton_attention import DECODE_MAX_T
-
-    need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    return not need_grad and q.size(2) <= DECODE_MAX_T
-
-
 def _fused(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -225,7 +217,7 @@ def _fused(
         why = ta.unsupported_reason(q, k, v)
     if why is None and q.is_cuda and q.dtype == torch.float32:
         why = "float32 on CUDA (our kernel keeps fp32 exact, without tensor cores; sdpa is faster there)"
-    if why is None and q.is_cuda and _decode_step(q, k, v):
+    if why is None and q.is_cuda and q.size(2) <= ta.DECODE_MAX_T and not ta.needs_grad(q, k, v):
         why = (
             "a decode step (few queries, no grad): sdpa is faster there (the split-K kernel is bound by"
             " host time: 0.06-0.24x sdpa on an H200, bench/attention.py)"

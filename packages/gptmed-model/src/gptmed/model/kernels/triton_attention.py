@@ -48,7 +48,14 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["SUPPORTED_HEAD_DIMS", "as_key_mask", "flash_attention", "interpreting", "unsupported_reason"]
+__all__ = [
+    "SUPPORTED_HEAD_DIMS",
+    "as_key_mask",
+    "flash_attention",
+    "interpreting",
+    "needs_grad",
+    "unsupported_reason",
+]
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for masked scores (constexpr: jit may read it)
@@ -1098,6 +1105,11 @@ def as_key_mask(
     return None, f"mask of shape {tuple(mask.shape)} is not a (B, 1, 1, S) key-padding mask"
 
 
+def needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether this call must be differentiable (grad mode on and an input that requires grad)."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
 def flash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -1111,7 +1123,7 @@ def flash_attention(
     Returns (B, nh, T, hs). Differentiable in q, k, v. Without grad, a few queries against a long cache
     (T <= 16, S >= 256) take the split-K decode kernel.
     """
-    need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    need_grad = needs_grad(q, k, v)
     T, S = q.shape[2], k.shape[2]
     decode = not need_grad and T <= DECODE_MAX_T and S >= DECODE_MIN_S
     if torch.compiler.is_compiling():  # opaque ops for the compiler
