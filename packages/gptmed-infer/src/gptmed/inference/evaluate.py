@@ -123,6 +123,7 @@ def evaluate(
     eos = generator.special_ids.eos
     ctx = generator.config.max_seq_len
     items: list[QAPair] = []
+    prompt_lens: list[int] = []
     skipped: list[str] = []
     truncated = 0
     nll = 0.0
@@ -133,6 +134,7 @@ def evaluate(
             skipped.append(where)
             continue
         items.append(pair)
+        prompt_lens.append(len(prompt))
         answer = [*tok.encode(generator.template.render_answer(pair.answer)), eos]
         ids = (prompt + answer)[:ctx]
         truncated += len(prompt) + len(answer) > ctx
@@ -152,7 +154,7 @@ def evaluate(
     longest = max(len(tok.encode(p.answer)) for p in items) + 8
     # Each pair gets its own budget (capped by the room its prompt leaves), never its batch's: a
     # long question must not cut the answers batched with it. Batches hold pairs of one budget.
-    budget = [min(max_length or longest, ctx - len(generator.encode_prompt(p.question))) for p in items]
+    budget = [min(max_length or longest, ctx - n) for n in prompt_lens]
     predictions = [""] * len(items)
     by_budget = sorted(range(len(items)), key=budget.__getitem__)
     for n, group in itertools.groupby(by_budget, key=budget.__getitem__):

@@ -298,14 +298,14 @@ class TextGenerator:
             logits = self.backend.decode(state, tokens)
 
     def _answers(
-        self, prompts: Sequence[str], cfg: GenerationConfig, cancel: Callable[[], bool] | None = None
+        self, ids: list[list[int]], cfg: GenerationConfig, cancel: Callable[[], bool] | None = None
     ) -> Iterator[tuple[int, str, AnswerStream | None]]:
-        """Yield ``(row, text_piece, None)`` as text becomes final, then ``(row, rest, stream)`` per row.
+        """Yield ``(row, text_piece, None)`` as text becomes final, then ``(row, rest, stream)`` per
+        row, for prompts already encoded (:meth:`_encode_all`).
 
         ``cancel()`` is asked after every token; when it returns true every row ends there."""
-        ids = self._encode_all(prompts)
-        streams = [AnswerStream(self.tokenizer.decode, cfg.stop) for _ in prompts]
-        counts = [0] * len(prompts)
+        streams = [AnswerStream(self.tokenizer.decode, cfg.stop) for _ in ids]
+        counts = [0] * len(ids)
 
         def done(row: int) -> bool:
             return streams[row].stopped or (cancel is not None and cancel())
@@ -384,11 +384,12 @@ class TextGenerator:
             raise TypeError("generate_batch() takes a list of prompts, not a str")
         if not prompts:
             return []
-        prompt_lens = [len(ids) for ids in self._encode_all(prompts)]
+        ids = self._encode_all(prompts)
+        prompt_lens = [len(row) for row in ids]
         cfg = self._config(config, params, prompt_lens)
         texts = [""] * len(prompts)
         results: list[GenerationResult | None] = [None] * len(prompts)
-        for row, piece, stream in self._answers(prompts, cfg, cancel):
+        for row, piece, stream in self._answers(ids, cfg, cancel):
             texts[row] += piece
             if stream is not None:
                 n = len(stream.ids)
@@ -412,8 +413,9 @@ class TextGenerator:
         ``cancel`` (optional) is called after every token; returning true ends generation there
         (the server uses it when a client disconnects)."""
         params.update(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p)
-        cfg = self._config(params.pop("config", None), params, [len(self._encode_all([prompt])[0])])
-        for _row, piece, _stream in self._answers([prompt], cfg, cancel):
+        ids = self._encode_all([prompt])
+        cfg = self._config(params.pop("config", None), params, [len(ids[0])])
+        for _row, piece, _stream in self._answers(ids, cfg, cancel):
             if piece:
                 yield piece
 

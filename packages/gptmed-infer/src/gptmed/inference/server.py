@@ -469,7 +469,7 @@ class _Api:
 
         def produce() -> None:
             try:
-                for _row, piece, stream in self.gen._answers([prompt], cfg, stopped):
+                for _row, piece, stream in self.gen._answers(self.gen._encode_all([prompt]), cfg, stopped):
                     if stream is not None:
                         n = len(stream.ids)
                         reason = "length" if (not stream.stopped and n >= cfg.max_length) else "stop"
