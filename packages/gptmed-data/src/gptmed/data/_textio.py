@@ -12,8 +12,9 @@ import gzip
 import io
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from gptmed.core import DataError, utf16_codec
 
@@ -41,29 +42,24 @@ class _GzipFile(gzip.GzipFile):
             hint += ", or drop the .gz from the name of a file that is not compressed"
         return DataError(f"corrupt or truncated gzip file ({exc})", where=self._source, hint=hint)
 
-    def read(self, size: int | None = -1) -> bytes:
+    def _guarded(self, call: Callable[..., bytes], *args: Any) -> bytes:
         try:
-            return super().read(size)
+            return call(*args)
         except _GZIP_ERRORS as exc:
             raise self._error(exc) from None
+
+    # every way TextIOWrapper, the csv and json readers and peek-based sniffing pull bytes
+    def read(self, size: int | None = -1) -> bytes:
+        return self._guarded(super().read, size)
 
     def read1(self, size: int = -1) -> bytes:
-        try:
-            return super().read1(size)
-        except _GZIP_ERRORS as exc:
-            raise self._error(exc) from None
+        return self._guarded(super().read1, size)
 
     def peek(self, n: int = 0) -> bytes:
-        try:
-            return super().peek(n)
-        except _GZIP_ERRORS as exc:
-            raise self._error(exc) from None
+        return self._guarded(super().peek, n)
 
     def readline(self, size: int | None = -1) -> bytes:
-        try:
-            return super().readline(size)
-        except _GZIP_ERRORS as exc:
-            raise self._error(exc) from None
+        return self._guarded(super().readline, size)
 
 
 def open_binary(path: str | os.PathLike[str], name: str | None = None) -> IO[bytes]:

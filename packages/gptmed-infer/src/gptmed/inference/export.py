@@ -43,6 +43,7 @@ from gptmed.core import (
     ManifestError,
     sha256_file,
 )
+from gptmed.core.io import TEMP_MARKER
 from gptmed.inference.bundle import (
     BUNDLE_MANIFEST,
     GENAI_CONFIG,
@@ -398,7 +399,7 @@ def _root_logger_at(level: int) -> Any:
 
 
 def _staging_prefix(out: Path) -> str:
-    return f".{out.name}.tmp-"
+    return f".{out.name}{TEMP_MARKER}"  # the name gptmed-core gives temp files
 
 
 def _remove_stale_staging(out: Path) -> list[Path]:
