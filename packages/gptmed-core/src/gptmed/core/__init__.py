@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from gptmed.core.choice import Choice
 from gptmed.core.config import (
     ACTIVATIONS,
     PRESETS,
@@ -12,6 +13,7 @@ from gptmed.core.config import (
     get_small_config,
     get_tiny_config,
 )
+from gptmed.core.durations import format_duration, parse_duration
 from gptmed.core.errors import (
     BundleError,
     CheckpointError,
@@ -73,6 +75,7 @@ __all__ = [
     "BundleManifest",
     "CheckpointError",
     "CheckpointManifest",
+    "Choice",
     "ConfigError",
     "DataError",
     "DatasetManifest",
@@ -92,6 +95,7 @@ __all__ = [
     "atomic_write_text",
     "check_compatible",
     "cli_errors",
+    "format_duration",
     "format_pair",
     "get_config",
     "get_medium_config",
@@ -102,6 +106,7 @@ __all__ = [
     "make_folder",
     "missing_folders",
     "normalize_text",
+    "parse_duration",
     "read_qa_records",
     "read_qa_text",
     "remove_empty_folders",
