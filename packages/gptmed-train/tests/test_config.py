@@ -32,7 +32,10 @@ def test_manual_example_constructs() -> None:
 def test_defaults_are_the_manuals() -> None:
     cfg = TrainingConfig()
     assert cfg.resolved_model_size == "small"
-    assert (cfg.num_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed) == (10, 16, 3e-4, 42)
+    assert (cfg.epoch_limit, cfg.batch_size, cfg.seed) == (10, 16, 42)
+    # the learning rate, warmup and dropout are chosen per run (gptmed.training.recipe), printed
+    assert (cfg.learning_rate, cfg.warmup_steps, cfg.dropout, cfg.num_epochs) == (None, None, None, None)
+    assert TrainingConfig(time_budget="10m").epoch_limit is None  # as many epochs as fit
     assert cfg.train_data_path == "data/tokenized/train.npy"
     assert cfg.val_data_path == "data/tokenized/val.npy"
     assert cfg.checkpoint_dir == "model/checkpoints"

@@ -103,18 +103,42 @@ def test_changed_tokenizer_is_refused(dataset: Path) -> None:
 
 
 def test_pair_segments_restart_at_every_bos() -> None:
-    import torch
-    from gptmed.training.trainer import pair_segments
+    from gptmed.training.batches import pair_layout, rows_layout
 
-    x = torch.tensor([[7, 8, 2, 5, 6, 3, 2, 9, 3, 0], [2, 4, 3, 2, 5, 5, 5, 3, 0, 0]])
-    segments, positions = pair_segments(x, bos_id=2)
+    x = np.array([[7, 8, 2, 5, 6, 3, 2, 9, 3, 0], [2, 4, 3, 2, 5, 5, 5, 3, 0, 0]])
+    y = np.where(x == 0, -100, 1)
+    segments, positions = pair_layout(x, bos_id=2)
     assert segments.tolist() == [[0, 0, 1, 1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 2, 2, 2, 2, 2, 2, 2]]
     assert positions.tolist() == [[0, 1, 0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 0, 1, 2, 3, 4, 5, 6]]
-    padded, same = pair_segments(x, bos_id=2, pad_id=0)  # trailing padding only becomes -1
-    assert padded.tolist() == [[0, 0, 1, 1, 1, 1, 2, 2, 2, -1], [1, 1, 1, 2, 2, 2, 2, 2, -1, -1]]
-    assert same.tolist() == positions.tolist()
-    inner = torch.tensor([[2, 5, 0, 6, 3, 0]])  # a pad id inside the row is a token like any other
-    assert pair_segments(inner, bos_id=2, pad_id=0)[0].tolist() == [[1, 1, 1, 1, 1, -1]]
+    padded = rows_layout(x, y, bos_id=2, pad_id=0)  # trailing padding only becomes -1
+    assert padded["segment_ids"].tolist() == [
+        [0, 0, 1, 1, 1, 1, 2, 2, 2, -1],
+        [1, 1, 1, 2, 2, 2, 2, 2, -1, -1],
+    ]
+    assert padded["position_ids"].tolist() == positions.tolist()
+    inner = np.array([[2, 5, 0, 6, 3, 0]])  # a pad id inside the row is a token like any other
+    got = rows_layout(inner, np.where(inner == 0, -100, 1), bos_id=2, pad_id=0)["segment_ids"]
+    assert got.tolist() == [[1, 1, 1, 1, 1, -1]]
+    one_pair = np.array([[2, 5, 6, 3], [2, 7, 7, 3]])  # one pair per row from position 0: no segments needed
+    assert rows_layout(one_pair, one_pair, bos_id=2, pad_id=None)["segment_ids"] is None
+
+
+def test_flat_layout_drops_padding_and_keeps_pairs_apart() -> None:
+    from gptmed.training.batches import flat_layout
+
+    x = np.array([[2, 5, 6, 2, 7, 0, 0], [9, 3, 2, 4, 0, 0, 0]])  # row 2 starts inside a pair
+    y = np.where(x == 0, -100, x + 100)
+    flat = flat_layout(x, y, bos_id=2, pad_id=0, bucket=4)
+    assert flat["input_ids"].tolist() == [[2, 5, 6, 2, 7, 9, 3, 2, 4, 0, 0, 0]]  # 9 real tokens -> 12
+    assert flat["segment_ids"].tolist() == [[1, 1, 1, 2, 2, 3, 3, 4, 4, -1, -1, -1]]
+    assert flat["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 0, 1, 0, 0, 0]]
+    assert flat["targets"].tolist() == [[102, 105, 106, 102, 107, 109, 103, 102, 104, -100, -100, -100]]
+    covered = y.copy()
+    covered[1, 5] = 7  # a real target at a padding position: that row keeps its padding as tokens
+    kept = flat_layout(x, covered, bos_id=2, pad_id=0, bucket=4)
+    assert kept["input_ids"].tolist() == [[2, 5, 6, 2, 7, 9, 3, 2, 4, 0, 0, 0]]  # 5 + all 7 of row 2
+    assert kept["segment_ids"].tolist() == [[1, 1, 1, 2, 2, 3, 3, 4, 4, 4, 4, 4]]
+    assert kept["targets"][0, 10] == 7
 
 
 def test_val_data_of_another_tokenization_is_refused(tmp_path: Path) -> None:

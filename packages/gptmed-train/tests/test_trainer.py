@@ -22,6 +22,7 @@ from gptmed.training import (
 )
 from gptmed.training import checkpoint as ck
 from gptmed.training import trainer as tr
+from gptmed.training.batches import Batch, epoch_order, pair_layout, rows_layout
 from gptmed.training.data import load_dataset
 from gptmed.training.lock import FolderLock
 from train_helpers import tiny_config, train_losses, write_dataset
@@ -73,11 +74,11 @@ def test_first_step_loss_is_the_answer_only_loss(
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.train_data_path, cfg.val_data_path, loss_on="answer")
     model = GPTTransformer(tr.build_model_config(cfg, ds))
-    rows = tr._epoch_order(cfg.seed, 0, len(ds.train))[:8]
+    rows = epoch_order(cfg.seed, 0, len(ds.train))[:8]
     tokens = torch.from_numpy(np.load(dataset)[np.sort(rows)].astype(np.int64))
     mask = torch.from_numpy(np.load(dataset.with_name("train.mask.npy"))[np.sort(rows)])
     x = tokens[:, :-1]
-    segments, positions = tr.pair_segments(x, ds.manifest.special_ids.bos)  # packed pairs stay apart
+    segments, positions = (torch.from_numpy(a) for a in pair_layout(x.numpy(), ds.manifest.special_ids.bos))
     monkeypatch.undo()  # the reference: the mask path
     with torch.no_grad():
         logits = model(x, segment_ids=segments, position_ids=positions)
@@ -107,20 +108,20 @@ def test_nan_loss_stops_before_the_step_and_saves_nothing(
 ) -> None:
     ckpt = tmp_path / "ck"
     calls = {"n": 0}
-    real = tr._forward_loss
+    real = tr.forward_loss
 
-    def poisoned(model: Any, x: torch.Tensor, y: torch.Tensor, *args: Any) -> torch.Tensor:
+    def poisoned(model: Any, batch: Any, dtype: Any) -> torch.Tensor:
         calls["n"] += 1
-        loss = real(model, x, y, *args)
+        loss = real(model, batch, dtype)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(tr, "_forward_loss", poisoned)
+    monkeypatch.setattr(tr, "forward_loss", poisoned)
     with pytest.raises(NonFiniteLossError) as info:
         train_model(tiny_config(dataset, ckpt, save_every=2))
     err = info.value
     assert err.step == 5
     text = str(err)
-    assert "loss is nan at step 5" in text and "checkpoint_step_4.pt" in text
+    assert "loss is nan at step 5" in text and "checkpoint_step_4.pt" in text and "skipped that step" in text
     steps = sorted(load_checkpoint(p)["step"] for p in ckpt.glob("checkpoint_*.pt"))
     assert steps == [2, 4]  # nothing after the bad step
     assert max(train_losses(ckpt)) == 4
@@ -379,20 +380,26 @@ def test_padding_with_a_real_target_is_not_dropped(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(arch, "plan_segments", lambda *_a: "runs")  # drop padding whenever marked
     model = GPTTransformer(get_tiny_config(vocab_size=64, max_seq_len=64).replace(dropout=0.0)).eval()
-    torch.manual_seed(0)
-    x = torch.randint(4, 64, (2, 48))
+    rng = np.random.default_rng(0)
+    x = rng.integers(4, 64, (2, 48))
     x[:, 0] = 2  # BOS
     x[0, 30:] = 0  # trailing padding
-    y = x.roll(-1, dims=1)
+    y = np.roll(x, -1, axis=1)
     y[x == 0] = -100
-    with torch.no_grad():
-        plain = tr._forward_loss(model, x, y, None, bos_id=2)
-        skipped = tr._forward_loss(model, x, y, None, bos_id=2, pad_id=0)
-        y[0, 40] = 7  # a target at a padding position
-        covered_plain = tr._forward_loss(model, x, y, None, bos_id=2)
-        covered = tr._forward_loss(model, x, y, None, bos_id=2, pad_id=0)
-    assert float(skipped) == pytest.approx(float(plain), rel=1e-5)
-    assert float(covered) == pytest.approx(float(covered_plain), rel=1e-6)
+
+    def loss(pad_id: int | None) -> float:
+        arrays = rows_layout(x, y, 2, pad_id)
+        batch = Batch.from_layout(arrays, n_targets=int((y != -100).sum()), n_tokens=0, n_slots=x.size)
+        with torch.no_grad():
+            return float(tr.forward_loss(model, batch, None))
+
+    plain, skipped = loss(None), loss(0)
+    assert rows_layout(x, y, 2, 0)["segment_ids"][0, 40] == -1  # the padding was marked
+    y[0, 40] = 7  # a target at a padding position
+    assert rows_layout(x, y, 2, 0)["segment_ids"] is None  # ... so nothing is marked any more
+    covered_plain, covered = loss(None), loss(0)
+    assert skipped == pytest.approx(plain, rel=1e-5)
+    assert covered == pytest.approx(covered_plain, rel=1e-6)
 
 
 def test_a_checkpoint_dir_under_a_file_is_named_in_one_line(tmp_path: Path) -> None:

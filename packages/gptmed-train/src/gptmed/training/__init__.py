@@ -3,26 +3,27 @@
 ``train_model(TrainingConfig(...)) -> TrainResult`` is the library call under ``gptmed-train``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from gptmed.configs.train_config import TrainingConfig
+from gptmed.core import installed_version, parse_duration
+from gptmed.training.budget import BudgetPlan
+from gptmed.training.callbacks import RunInfo, TrainCallbacks, TrainResult
 from gptmed.training.checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from gptmed.training.config import TrainingConfig
 from gptmed.training.data import Dataset, load_dataset, make_synthetic_dataset
 from gptmed.training.errors import NonFiniteLossError, TrainingError, TrainingInterrupted
+from gptmed.training.launch import train_model
 from gptmed.training.metrics import plot_metrics, read_metrics
-from gptmed.training.trainer import RunInfo, TrainCallbacks, TrainResult, build_model_config, train_model
+from gptmed.training.trainer import Trainer, build_model_config
 
-try:
-    __version__ = version("gptmed-train")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+__version__ = installed_version("gptmed-train")
 
 __all__ = [
+    "BudgetPlan",
     "Dataset",
     "NonFiniteLossError",
     "RunInfo",
     "TrainCallbacks",
     "TrainResult",
+    "Trainer",
     "TrainingConfig",
     "TrainingError",
     "TrainingInterrupted",
@@ -32,6 +33,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "make_synthetic_dataset",
+    "parse_duration",
     "plot_metrics",
     "read_metrics",
     "save_checkpoint",

@@ -15,20 +15,39 @@ import os
 import pickle
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
-from gptmed.core import CheckpointError, CheckpointManifest, ManifestError, atomic_open, sweep_temp_files
+from gptmed.core import (
+    CheckpointError,
+    CheckpointManifest,
+    DatasetManifest,
+    ManifestError,
+    ModelConfig,
+    atomic_open,
+    installed_version,
+    sweep_temp_files,
+)
+from gptmed.model import clean_state_dict, unwrap
+from gptmed.training.data import Dataset
+from gptmed.training.distributed import DistInfo, all_gather_tensor
 
 __all__ = [
     "REQUIRED_KEYS",
+    "RunState",
+    "build_checkpoint",
+    "check_resume_matches",
     "checkpoint_files",
     "find_latest_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",
+    "restore_rng",
+    "rng_state",
     "save_checkpoint",
     "sweep_temp_files",
+    "warn_of_an_earlier_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -221,3 +240,172 @@ def prune_checkpoints(
         except FileNotFoundError:
             pass
     return removed
+
+
+# -- what a checkpoint holds besides the tensors -------------------------------------------------
+@dataclass
+class RunState:
+    """Where a run is: the counters a resumed run continues from (``step``, ``epoch``,
+    ``position`` top-level keys, the rest under ``trainer_state``)."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    position: int = 0  # rows of the current epoch consumed
+    best_val: float | None = None
+    bad_evals: int = 0  # evaluations without a better val loss (early stopping)
+    epoch_loss_sum: float = 0.0  # sum of the step losses of the current epoch
+    epoch_steps: int = 0
+    budget_spent_s: float = 0.0  # time-budget seconds used so far
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "best_val_loss": self.best_val,
+            "bad_evals": self.bad_evals,
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "epoch_steps": self.epoch_steps,
+            "budget_spent_s": self.budget_spent_s,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> RunState:
+        ts = state.get("trainer_state") or {}
+        return cls(
+            step=int(state["step"]),
+            epoch=int(state["epoch"]),
+            position=int(state["position"]),
+            best_val=ts.get("best_val_loss"),
+            bad_evals=int(ts.get("bad_evals", 0)),
+            epoch_loss_sum=float(ts.get("epoch_loss_sum", 0.0)),
+            epoch_steps=int(ts.get("epoch_steps", 0)),
+            budget_spent_s=float(ts.get("budget_spent_s", 0.0)),
+        )
+
+
+def rng_state(device: torch.device, info: DistInfo) -> dict[str, Any]:
+    """The RNG states of every rank (a collective: every rank calls it)."""
+    cpu = torch.get_rng_state()
+    state: dict[str, Any] = {"torch": cpu, "by_rank": all_gather_tensor(cpu, info)}
+    if device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device)
+        state["cuda"] = cuda
+        state["cuda_by_rank"] = all_gather_tensor(cuda, info)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device, info: DistInfo) -> None:
+    """Put this rank's saved RNG states back (rank 0's alone when the world size changed)."""
+    by_rank = state.get("by_rank")
+    if isinstance(by_rank, torch.Tensor) and by_rank.dim() == 2 and by_rank.size(0) == info.world_size:
+        torch.set_rng_state(by_rank[info.rank].clone())
+    elif info.rank == 0 and isinstance(state.get("torch"), torch.Tensor):
+        torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        cuda_by_rank = state.get("cuda_by_rank")
+        if isinstance(cuda_by_rank, torch.Tensor) and cuda_by_rank.size(0) == info.world_size:
+            torch.cuda.set_rng_state(cuda_by_rank[info.rank].clone(), device)
+        elif isinstance(state.get("cuda"), torch.Tensor):
+            torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def check_resume_matches(
+    path: Path,
+    state: dict[str, Any],
+    model_config: ModelConfig,
+    manifest: DatasetManifest,
+    fingerprint: str,
+    folder: Path,
+) -> None:
+    """Refuse a checkpoint whose model shape, vocab or data differ from this run, listing each difference."""
+    saved_manifest = CheckpointManifest.from_dict(state["manifest"], source=str(path))
+    diffs: list[str] = []
+    saved = saved_manifest.model_config.to_dict()
+    now = model_config.to_dict()
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            label = "vocab_size (tokenizer vocabulary)" if key == "vocab_size" else f"model_config.{key}"
+            diffs.append(f"{label}: checkpoint {saved.get(key)!r}, this run {now.get(key)!r}")
+    theirs, ours = saved_manifest.tokenizer_sha256, manifest.tokenizer_sha256
+    if theirs and ours and theirs != ours:
+        diffs.append(f"tokenizer_sha256: checkpoint {theirs[:12]}…, this run {ours[:12]}…")
+    if saved_manifest.data_fingerprint and saved_manifest.data_fingerprint != fingerprint:
+        saved_dir = saved_manifest.extra.get("dataset_dir", "?")
+        diffs.append(
+            f"dataset: checkpoint trained on {saved_dir} (fingerprint {saved_manifest.data_fingerprint[:12]}…), "
+            f"this run uses {folder} (fingerprint {fingerprint[:12]}…)"
+        )
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} does not match this run: " + "; ".join(diffs),
+            hint="resume with the model size and data it was trained with, or start a new run in another --checkpoint-dir",
+        )
+
+
+def warn_of_an_earlier_run(ckpt_dir: Path) -> None:
+    """A new run in a folder that holds another run's checkpoints overwrites its best_model.pt and
+    leaves its other files beside the new ones: say so before the first step, once."""
+    earlier = checkpoint_files(ckpt_dir)
+    best = ckpt_dir / "best_model.pt"
+    if not earlier and not best.is_file():
+        return
+    newest = earlier[0].name if earlier else best.name
+    log.warning(
+        "%s already holds %d checkpoint file(s) of an earlier run (newest %s): this new run replaces "
+        "its best_model.pt, its metrics.jsonl and same-named checkpoints. To continue that run pass "
+        "--resume; to keep it, use another --checkpoint-dir",
+        ckpt_dir,
+        len(earlier) + best.is_file(),
+        newest,
+    )
+
+
+def build_checkpoint(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: dict[str, Any],
+    scaler: dict[str, Any],
+    rng: dict[str, Any],
+    state: RunState,
+    model_config: ModelConfig,
+    training_config: dict[str, Any],
+    dataset: Dataset,
+    val_loss: float | None,
+) -> dict[str, Any]:
+    """The checkpoint of a run (the keys docs/training.md lists); plain values only."""
+    manifest = CheckpointManifest(
+        model_config=model_config,
+        step=state.step,
+        epoch=state.epoch,
+        tokenizer_sha256=dataset.manifest.tokenizer_sha256,
+        data_fingerprint=dataset.fingerprint,
+        template=dataset.manifest.template,
+        special_ids=dataset.manifest.special_ids,
+        training_config=training_config,
+        versions=_versions(),
+        extra={
+            "tokenizer_path": dataset.manifest.tokenizer_path,
+            "dataset_dir": str(dataset.folder),
+            "val_loss": val_loss,
+        },
+    )
+    return {
+        "model_state_dict": clean_state_dict(unwrap(model).state_dict()),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scheduler_state_dict": scheduler,
+        "scaler_state_dict": scaler,
+        "rng_state": rng,
+        "step": state.step,
+        "epoch": state.epoch,
+        "position": state.position,
+        "model_config": model_config.to_dict(),
+        "training_config": training_config,
+        "manifest": manifest.to_dict(),
+        "trainer_state": state.trainer_state(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"torch": str(torch.__version__)}  # TorchVersion is not weights_only-loadable
+    for name in ("gptmed-train", "gptmed-model", "gptmed-core"):
+        out[name] = installed_version(name)
+    return out

@@ -6,8 +6,8 @@ Errors print one line (``Error: ...``) and exit 1; SIGINT/SIGTERM exit 130/143 a
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import re
 import shlex
 import sys
@@ -17,49 +17,42 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
-from gptmed.configs.train_config import LOSS_ON, PRECISIONS, TrainingConfig
-from gptmed.core import PRESETS, ConfigError, cli_errors
+from gptmed.core import PRESETS, ConfigError, cli_errors, format_duration
+from gptmed.training.budget import BudgetPlan
+from gptmed.training.callbacks import RunInfo, TrainCallbacks, TrainResult
+from gptmed.training.config import DEFAULT_EPOCHS, DEFAULT_MODEL_SIZE, LOSS_ON, PRECISIONS, TrainingConfig
 from gptmed.training.errors import TrainingInterrupted
-from gptmed.training.trainer import RunInfo, TrainCallbacks, TrainResult, train_model
+from gptmed.training.launch import train_model
+from tqdm import tqdm
 
-__all__ = ["ConsoleCallbacks", "cli", "run_with_console"]
+__all__ = ["ConsoleCallbacks", "cli", "format_duration", "run_with_console"]
 
 RULE = "=" * 60
 
 
-def format_duration(seconds: float) -> str:
-    """``24m 32s`` style (the manual's), ``1h 02m 05s`` past an hour, ``7s`` under a minute."""
-    s = round(max(0.0, seconds))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    if h:
-        return f"{h}h {m:02d}m {sec:02d}s"
-    if m:
-        return f"{m}m {sec}s"
-    return f"{sec}s"
-
-
 class ConsoleCallbacks(TrainCallbacks):
-    """Prints the manual-shaped report to stdout and a progress bar to stderr (TTY only). Without
-    a TTY (a log file, CI) a plain progress line goes to stdout every ``log_every_s`` seconds."""
+    """Prints the manual-shaped report to stdout and a tqdm progress bar to stderr (a terminal only).
+    Without a terminal (a log file, CI) a plain progress line goes to stdout every ``log_every_s``
+    seconds."""
 
     log_every_s = 30.0
 
     def __init__(self, progress: bool | None = None) -> None:
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self._bar_shown = False
-        self._last_draw = 0.0
+        self._bar: tqdm[Any] | None = None
         self._last_line = time.monotonic()
 
     def _out(self, text: str = "") -> None:
-        self._clear_bar()
-        click.echo(text)
+        if self._bar is None:
+            click.echo(text)
+            return
+        with tqdm.external_write_mode(file=sys.stdout):
+            click.echo(text)
 
-    def _clear_bar(self) -> None:
-        if self._bar_shown:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-            self._bar_shown = False
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def on_start(self, info: RunInfo) -> None:
         cfg, mc = info.config, info.model_config
@@ -81,8 +74,13 @@ class ConsoleCallbacks(TrainCallbacks):
         self._out(f"  n_heads: {mc.n_heads}")
         self._out(f"  vocab_size: {mc.vocab_size} (from metadata.json)")
         self._out(f"  max_seq_len: {mc.max_seq_len}")
+        if info.choices:
+            self._out("Chosen for this run (a flag overrides each):")
+            for choice in info.choices:
+                self._out(f"  {choice}")
+        layout = ", padding dropped on the host" if info.layout == "flat" else ""
         self._out(
-            f"Device: {info.device} ({info.precision})"
+            f"Device: {info.device} ({info.precision}{layout})"
             + (f", {info.world_size} processes" if info.world_size > 1 else "")
         )
         self._out()
@@ -98,41 +96,67 @@ class ConsoleCallbacks(TrainCallbacks):
                 f"Resuming from {info.resumed_from} (step {info.start_step}, epoch {info.start_epoch + 1})"
             )
             self._out()
+        if cfg.time_budget is not None:
+            self._out(f"Time budget: {format_duration(cfg.time_budget)}; the plan follows the first steps")
         self._out("Starting training...")
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_plan(self, plan: BudgetPlan, info: RunInfo, first: bool) -> None:
+        if self._bar is not None:
+            self._bar.total = plan.total_steps
+            self._bar.refresh()
+        if not first:
+            return
+        steps = plan.total_steps
+        rows = steps * info.config.batch_size * info.config.grad_accum
+        ends = time.strftime("%H:%M:%S", time.localtime(time.time() + plan.remaining_s))
+        self._out(
+            f"  Plan: {steps:,} steps ({rows / max(info.train_sequences, 1):.2f} epochs, {rows:,} sequences) "
+            f"at {plan.step_s:.3f} s/step; {plan.evaluations} evaluation(s) ~{plan.eval_s:.1f} s and "
+            f"{plan.saves} checkpoint save(s) ~{plan.save_s:.1f} s; ends by {ends}"
+        )
+        for choice in info.choices:
+            if choice.flag == "--warmup-steps":
+                self._out(f"  {choice}")
+
+    def on_epoch_start(self, epoch: int, num_epochs: int | None) -> None:
         self._out()
-        self._out(f"Epoch {epoch}/{num_epochs}")
+        self._out(f"Epoch {epoch}/{num_epochs}" if num_epochs else f"Epoch {epoch}")
 
     def on_step(
         self, step: int, total_steps: int, loss: float, lr: float, tokens_per_s: float, eta_s: float
     ) -> None:
-        now = time.monotonic()
-        if not self.progress:
-            if now - self._last_line >= self.log_every_s:
-                self._last_line = now
-                self._out(
-                    f"  step {step}/{total_steps}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
-                    f"ETA {format_duration(eta_s)}"
+        if self.progress:
+            text = f"loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  ETA {format_duration(eta_s)}"
+            if self._bar is None:
+                self._bar = tqdm(
+                    total=total_steps,
+                    initial=step,
+                    unit="step",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    leave=False,
+                    bar_format="  {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}",
                 )
+                self._bar.set_postfix_str(text)  # drawn now; later updates at tqdm's own pace
+                return
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(step - self._bar.n)
             return
-        if now - self._last_draw < 0.1 and step < total_steps:
-            return
-        self._last_draw = now
-        width = 24
-        frac = min(1.0, step / total_steps) if total_steps else 1.0
-        filled = int(width * frac)
-        bar = "#" * filled + "-" * (width - filled)
-        line = (
-            f"  [{bar}] {step}/{total_steps}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
-            f"ETA {format_duration(eta_s)}"
-        )
-        sys.stderr.write("\r\033[K" + line)
-        sys.stderr.flush()
-        self._bar_shown = True
+        now = time.monotonic()
+        if now - self._last_line >= self.log_every_s:
+            self._last_line = now
+            self._out(
+                f"  step {step}/{total_steps}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+                f"ETA {format_duration(eta_s)}"
+            )
 
     def on_epoch_end(
-        self, epoch: int, num_epochs: int, train_loss: float | None, val_loss: float | None, seconds: float
+        self,
+        epoch: int,
+        num_epochs: int | None,
+        train_loss: float | None,
+        val_loss: float | None,
+        seconds: float,
     ) -> None:
         tl = f"{train_loss:.3f}" if train_loss is not None else "n/a"
         vl = f"{val_loss:.3f}" if val_loss is not None else "n/a"
@@ -150,11 +174,14 @@ class ConsoleCallbacks(TrainCallbacks):
         self._out(text)
 
     def on_end(self, result: TrainResult) -> None:
+        self.close()
         self._out()
         if result.stopped == "max_steps":
             self._out(f"Stopped at --max-steps ({result.steps} steps).")
         elif result.stopped == "early_stopping":
             self._out(f"Stopped early at step {result.steps}.")
+        elif result.stopped == "time_budget":
+            self._out(f"Used the time budget: {result.steps} steps in {format_duration(result.elapsed_s)}.")
         self._out("Training complete! 🎉")
         if result.best_checkpoint is not None:
             best = f" (val loss {result.best_val_loss:.4f})" if result.best_val_loss is not None else ""
@@ -171,11 +198,11 @@ def run_with_console(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s"
     )
     callbacks = ConsoleCallbacks(config.progress)
-    with cli_errors(debug):
+    with cli_errors(debug), contextlib.closing(callbacks):
         try:
             return train_model(config, callbacks, explicit_fields=explicit_fields)
         except TrainingInterrupted as exc:
-            callbacks._clear_bar()
+            callbacks.close()
             click.echo(exc.report(f"Continue with: {_resume_command(config)}"), err=True)
             sys.exit(exc.exit_code)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -207,14 +234,20 @@ def _train_options(f: Any) -> Any:
             "--model-size",
             type=click.Choice(sorted(PRESETS)),
             default=None,
-            help="Model preset.  [default: small; on resume: the checkpoint's]",
+            help=f"Model preset.  [default: {DEFAULT_MODEL_SIZE}; on resume: the checkpoint's]",
         ),
         click.option(
             "--num-epochs",
             type=click.IntRange(min=1),
-            default=_D["num_epochs"],
-            show_default=True,
-            help="Training epochs.",
+            default=None,
+            help=f"Training epochs.  [default: {DEFAULT_EPOCHS}; with --time-budget: as many as fit]",
+        ),
+        click.option(
+            "--time-budget",
+            metavar="DURATION",
+            default=None,
+            help="Plan the run to this wall-clock time (90s, 10m, 2h): the steps, evaluations and "
+            "checkpoints fit in it, and the LR schedule ends with it.",
         ),
         click.option(
             "--batch-size",
@@ -226,9 +259,8 @@ def _train_options(f: Any) -> Any:
         click.option(
             "--learning-rate",
             type=float,
-            default=_D["learning_rate"],
-            show_default=True,
-            help="Peak learning rate.",
+            default=None,
+            help="Peak learning rate.  [default: chosen from the model width and batch size]",
         ),
         click.option(
             "--train-data",
@@ -280,9 +312,8 @@ def _train_options(f: Any) -> Any:
         click.option(
             "--warmup-steps",
             type=click.IntRange(min=0),
-            default=_D["warmup_steps"],
-            show_default=True,
-            help="Linear LR warmup steps.",
+            default=None,
+            help="Linear LR warmup steps.  [default: 3% of the steps, at most 100]",
         ),
         click.option(
             "--grad-clip",
@@ -341,6 +372,12 @@ def _train_options(f: Any) -> Any:
             help="torch.compile the model.",
         ),
         click.option(
+            "--padding-free/--no-padding-free",
+            default=None,
+            help="Drop the padding on the host and train each batch as one flat row of packed pairs.  "
+            "[default: on CUDA]",
+        ),
+        click.option(
             "--early-stopping-patience",
             type=click.IntRange(min=0),
             default=_D["early_stopping_patience"],
@@ -389,7 +426,7 @@ def _train_options(f: Any) -> Any:
             "--dropout",
             type=click.FloatRange(0, 1, max_open=True),
             default=None,
-            help="Override the preset's dropout.",
+            help="Dropout on embeddings, attention and MLP outputs.  [default: 0]",
         ),
         click.option(
             "--tensorboard",
@@ -426,6 +463,7 @@ def cli(ctx: click.Context, /, **kwargs: Any) -> None:
     \b
     gptmed-train --model-size small --num-epochs 10 --batch-size 16 \\
         --train-data data/tokenized/train.npy --val-data data/tokenized/val.npy
+    gptmed-train --time-budget 10m # plan the run (and its settings) to ten minutes
     gptmed-train --resume          # newest valid checkpoint in --checkpoint-dir
     gptmed-train plot              # loss curves of model/checkpoints/metrics.jsonl
     """
@@ -481,7 +519,3 @@ def plot_cmd(metrics: str | None, checkpoint_dir: str, output: str | None, debug
         out = Path(output) if output else (src if src.is_dir() else src.parent) / "loss.png"
         path = plot_metrics(src, out)
     click.echo(f"✓ Wrote {path}")
-
-
-def _finite(x: float | None) -> bool:  # pragma: no cover - helper for callers
-    return x is not None and math.isfinite(x)

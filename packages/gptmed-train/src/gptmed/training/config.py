@@ -12,48 +12,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import weakref
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from gptmed.core import PRESETS, ConfigError
+from gptmed.core import PRESETS, ConfigError, parse_duration
 
-__all__ = ["LOSS_ON", "PRECISIONS", "TrainingConfig"]
+__all__ = ["DEFAULT_EPOCHS", "DEFAULT_MODEL_SIZE", "LOSS_ON", "PRECISIONS", "TrainingConfig"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_MODEL_SIZE = "small"  # the preset when none is given (and no checkpoint says otherwise)
+DEFAULT_EPOCHS = 10  # epochs when neither num_epochs nor a time budget is given
 LOSS_ON = ("answer", "all")
-
-# TrainingConfigs that user code (not gptmed itself) built in this process, with the file:line that
-# built each: the manual's script builds one and then calls ``main()`` without it (see built_by_user).
-_BUILT_BY_USER: list[tuple[weakref.ref[TrainingConfig], str]] = []
-
-
-def _user_caller() -> str | None:
-    """``file:line`` of the code that is constructing a TrainingConfig, or None when that is gptmed's
-    own code (the CLI, ``replace``, ``from_dict``...) or dataclasses machinery."""
-    frame = sys._getframe(2)  # 0: here, 1: __post_init__, 2: the generated __init__ (or a caller)
-    while frame is not None and frame.f_code.co_name == "__init__":
-        frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
-        return None
-    module = str(frame.f_globals.get("__name__", ""))
-    if module.startswith("gptmed.") or module == "dataclasses":
-        return None
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
-
-
-def built_by_user() -> list[tuple[TrainingConfig, str]]:
-    """The TrainingConfigs user code built in this process that are still alive, oldest first, each
-    with the ``file:line`` that built it."""
-    alive = [(ref(), where) for ref, where in _BUILT_BY_USER]
-    return [(config, where) for config, where in alive if config is not None]
-
 
 # Fields that describe *where this run is* rather than *what is trained*: on resume they are never
 # taken from the checkpoint's saved config.
-_NOT_RESUMED = frozenset({"resume", "resume_from", "checkpoint_dir", "device", "compile", "progress"})
+_NOT_RESUMED = frozenset(
+    {"resume", "resume_from", "checkpoint_dir", "device", "compile", "padding_free", "progress"}
+)
 
 
 @dataclass
@@ -68,18 +44,21 @@ class TrainingConfig:
     n_layers: int | None = None  # override the preset's number of blocks
     n_heads: int | None = None  # override the preset's attention heads
     d_ff: int | None = None  # override the preset's feed-forward width
-    dropout: float | None = None  # override the preset's dropout
+    dropout: float | None = None  # dropout on embeddings, attention and MLP outputs; None = 0
     use_rope: bool | None = None  # override the preset's position encoding (True = RoPE)
     # vocab_size and max_seq_len always come from the dataset's metadata.json
 
     # --- optimisation ----------------------------------------------------------------------------
     batch_size: int = 16  # sequences per micro-batch, over all processes together
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
-    learning_rate: float = 3e-4  # peak learning rate (after warmup)
+    learning_rate: float | None = None  # peak learning rate (after warmup); None = by width and batch
     min_lr_ratio: float = 0.1  # the cosine schedule ends at learning_rate * min_lr_ratio
-    num_epochs: int = 10  # passes over train.npy; the LR schedule spans all of them
+    num_epochs: int | None = None  # passes over train.npy (the LR schedule spans them); None = 10, or
+    # with time_budget as many as fit (a given number is then an upper bound)
+    time_budget: float | None = None  # seconds for the whole run (steps, evaluations, checkpoints):
+    # the run measures its step time, plans its steps and spreads the LR schedule over them
     max_steps: int | None = None  # stop after this many optimizer steps (None = run all epochs)
-    warmup_steps: int = 100  # linear warmup from 0 to learning_rate over this many steps
+    warmup_steps: int | None = None  # linear warmup from 0 to learning_rate; None = 3% of the steps (<= 100)
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
     weight_decay: float = 0.01  # AdamW decay on matrices (never on norms, biases, embeddings)
     beta1: float = 0.9  # AdamW beta1
@@ -87,6 +66,7 @@ class TrainingConfig:
     loss_on: str = "answer"  # "answer": answer tokens + EOS (the mask); "all": every non-pad token
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on a CUDA GPU that has it, else fp32
     compile: bool = False  # torch.compile the model
+    padding_free: bool | None = None  # drop padding on the host, one flat row per batch; None = on CUDA
     seed: int = 42  # model init, dropout and data order
 
     # --- evaluation, checkpoints, stopping -------------------------------------------------------
@@ -110,10 +90,6 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         self.validate()
-        where = _user_caller()
-        if where is not None:
-            _BUILT_BY_USER[:] = [(ref, w) for ref, w in _BUILT_BY_USER if ref() is not None]  # drop the dead
-            _BUILT_BY_USER.append((weakref.ref(self), where))
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -155,11 +131,16 @@ class TrainingConfig:
             and 0 <= self.dropout < 1
         ):
             raise ConfigError(f"TrainingConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        for name in ("batch_size", "grad_accum", "num_epochs", "log_every"):
+        for name in ("batch_size", "grad_accum", "log_every"):
             pos_int(name)
-        for name in ("warmup_steps", "eval_every", "save_every", "keep_last", "early_stopping_patience"):
+        pos_int("num_epochs", optional=True)
+        pos_int("warmup_steps", allow_zero=True, optional=True)
+        for name in ("eval_every", "save_every", "keep_last", "early_stopping_patience"):
             pos_int(name, allow_zero=True)
-        number("learning_rate", 0.0, low_open=True)
+        if self.learning_rate is not None:
+            number("learning_rate", 0.0, low_open=True)
+        if self.time_budget is not None:
+            self.time_budget = parse_duration(self.time_budget, name="TrainingConfig.time_budget")
         number("min_lr_ratio", 0.0, 1.0)
         number("grad_clip", 0.0)
         number("weight_decay", 0.0)
@@ -186,7 +167,14 @@ class TrainingConfig:
     # ------------------------------------------------------------------------------------------
     @property
     def resolved_model_size(self) -> str:
-        return self.model_size or "small"
+        return self.model_size or DEFAULT_MODEL_SIZE
+
+    @property
+    def epoch_limit(self) -> int | None:
+        """Epochs to run: ``num_epochs``, else 10; with a time budget and no ``num_epochs``, no limit."""
+        if self.num_epochs is not None:
+            return self.num_epochs
+        return None if self.time_budget is not None else DEFAULT_EPOCHS
 
     def replace(self, **changes: Any) -> TrainingConfig:
         return replace(self, **changes)

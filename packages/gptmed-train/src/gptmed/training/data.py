@@ -76,14 +76,17 @@ class TokenSplit:
             y[rows[:, 1:] == self.pad_id] = IGNORE_INDEX
         return y
 
-    def batch(self, indices: np.ndarray, loss_on: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` each (B, L-1) int64 for the rows ``indices``; ignored targets are -100."""
+    def arrays(self, indices: np.ndarray, loss_on: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` each (B, L-1) int64 numpy for the rows ``indices``; ignored targets are -100."""
         idx = np.sort(np.asarray(indices, dtype=np.int64))  # sorted: sequential memmap reads, same loss
         rows = np.asarray(self.tokens[idx])
         mask_rows = np.asarray(self.mask[idx]) if (self.mask is not None and loss_on == "answer") else None
-        x = torch.from_numpy(rows[:, :-1].astype(np.int64))
-        y = torch.from_numpy(self._targets(rows, mask_rows, loss_on))
-        return x, y
+        return rows[:, :-1].astype(np.int64), self._targets(rows, mask_rows, loss_on)
+
+    def batch(self, indices: np.ndarray, loss_on: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`arrays` as torch tensors."""
+        x, y = self.arrays(indices, loss_on)
+        return torch.from_numpy(x), torch.from_numpy(y)
 
     def target_count(self, indices: np.ndarray, loss_on: str) -> int:
         """How many targets the rows ``indices`` contribute to the loss."""

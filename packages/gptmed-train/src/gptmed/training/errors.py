@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 from pathlib import Path
 
@@ -23,6 +24,34 @@ class NonFiniteLossError(TrainingError):
         super().__init__(message, hint=hint)
         self.step = step
         self.last_checkpoint = last_checkpoint
+
+    @classmethod
+    def at_step(
+        cls,
+        step: int,
+        epoch: int,
+        *,
+        loss: float,
+        grad_norm: float,
+        last_checkpoint: Path | None,
+        learning_rate: float,
+    ) -> NonFiniteLossError:
+        """The error for optimizer step ``step`` (1-based, in ``epoch``, 0-based): the loss, or else
+        the gradient norm, was not finite; the optimizer skipped that step."""
+        where = f"at step {step} (epoch {epoch + 1}"
+        what = (
+            f"loss is {loss} {where})"
+            if not math.isfinite(loss)
+            else f"gradient norm is {grad_norm} {where}, loss {loss:.4f})"
+        )
+        good = str(last_checkpoint) if last_checkpoint else "none (no checkpoint saved yet)"
+        return cls(
+            f"{what}; the optimizer skipped that step and the run stopped: nothing after it was saved",
+            step=step,
+            last_checkpoint=last_checkpoint,
+            hint=f"last good checkpoint: {good}; lower --learning-rate (now {learning_rate:g}) or --grad-clip, "
+            "or check the data, then resume from that checkpoint",
+        )
 
 
 class TrainingInterrupted(Exception):
