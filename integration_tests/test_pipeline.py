@@ -18,7 +18,7 @@ from conftest import artifacts_dir, run
 from gptmed.core import read_qa_text
 
 # Small and quick: the tiny preset on the embedded sample, a handful of epochs.
-FAST = ["--model-size", "tiny", "--epochs", "4", "--batch-size", "8", "--learning-rate", "2e-3"]
+FAST = ["--model-size", "tiny", "--num-epochs", "4", "--batch-size", "8", "--learning-rate", "2e-3"]
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +58,29 @@ def test_pipeline_from_json_then_csv_and_sqlite_reuse_every_later_step(
 ) -> None:
     out = tmp_path / "run"
     first = run(["gptmed", "pipeline", str(sources["json"]), "--out", str(out), *FAST], tmp_path)
-    assert "vocab size:" in first.stdout and "max length:" in first.stdout  # derived, with reasons
+    assert "--vocab-size " in first.stdout and "--max-length " in first.stdout  # derived, with reasons
+    assert "--model-size tiny (given)" in first.stdout
     assert set(_steps(first.stdout).values()) == {"ran"}
     for name in ("data/qa.txt", "data/test.txt", "tokenizer/tokenizer.model", "data/tokenized/metadata.json",
                  "model/checkpoints/best_model.pt", "bundle/model.onnx", "bundle/gptmed.json", "eval.json"):  # fmt: skip
         assert (out / name).exists(), name
     metrics = json.loads((out / "eval.json").read_text())
     assert {"exact_match", "token_f1", "rouge_l"} <= set(metrics)
+
+
+def test_pipeline_with_a_time_budget_chooses_the_model_size(tmp_path: Path, sources: dict[str, Path]) -> None:
+    """No --model-size, no --num-epochs: the pipeline measures the presets here and picks the largest
+    the budget can feed (the embedded sample is small: tiny); training ends within its budget."""
+    out = tmp_path / "budget"
+    done = run(["gptmed", "pipeline", str(sources["json"]), "--out", str(out), "--time-budget", "15s"], tmp_path)
+    assert "--model-size tiny: the largest preset" in done.stdout, done.stdout
+    assert "Plan:" not in done.stdout  # the pipeline prints one line per epoch, not the trainer's report
+    state = json.loads((out / "pipeline.json").read_text())
+    assert state["steps"]["train"]["seconds"] < 15 + 30  # the budget + startup, evaluation and save
+    import torch
+
+    saved = torch.load(out / "model/checkpoints/best_model.pt", weights_only=True)["training_config"]
+    assert saved["model_size"] == "tiny" and saved["time_budget"] == 15.0 and saved["dropout"] == 0.0
 
     # The same pairs from CSV and from SQLite convert to the identical canonical file, so every
     # later step is current and skipped.
@@ -84,7 +100,7 @@ def test_pipeline_killed_during_training_continues_where_it_stopped(
 ) -> None:
     out = tmp_path / "crash"
     argv = [str(Path(sys.executable).parent / "gptmed"), "pipeline", str(sources["json"]), "--out", str(out),
-            "--model-size", "tiny", "--epochs", "30", "--batch-size", "8"]  # fmt: skip
+            "--model-size", "tiny", "--num-epochs", "30", "--batch-size", "8"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     ckpts = out / "model" / "checkpoints"
@@ -117,7 +133,7 @@ def test_pipeline_interrupted_during_training_says_how_to_continue_in_one_line(
     (the umbrella let gptmed-train's TrainingInterrupted through as a traceback, exit 1)."""
     out = tmp_path / "sigint"
     argv = [str(Path(sys.executable).parent / "gptmed"), "pipeline", str(sources["json"]), "--out", str(out),
-            "--model-size", "tiny", "--epochs", "30", "--batch-size", "8"]  # fmt: skip
+            "--model-size", "tiny", "--num-epochs", "30", "--batch-size", "8"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list((out / "model" / "checkpoints").glob("checkpoint_epoch_*.pt")):

@@ -163,7 +163,7 @@ def test_pipeline_takes_the_input_options_its_errors_suggest(tmp_path: Path) -> 
             "cp1252",
             "--model-size",
             "tiny",
-            "--epochs",
+            "--num-epochs",
             "1",
         ],
     )

@@ -14,10 +14,16 @@ import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
-from gptmed.core import cli_errors, installed_version, missing_folders, remove_empty_folders
+from gptmed.core import (
+    PRESETS,
+    cli_errors,
+    installed_version,
+    missing_folders,
+    parse_duration,
+    remove_empty_folders,
+)
 
 __all__ = ["component_commands", "main"]
 
@@ -142,6 +148,16 @@ def main() -> None:
     """gptmed: train a GPT on your Q&A pairs and serve it without PyTorch."""
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--time-budget`` in seconds (90s, 10m, 2h); a bad value is a usage error naming it."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -157,11 +173,31 @@ def main() -> None:
 @click.option("--delimiter", default=None, help="CSV/TSV field separator (default: detected).")
 @click.option("--skip-invalid", is_flag=True, help="Skip and count invalid input records.")
 @click.option(
-    "--model-size", type=click.Choice(["tiny", "small", "medium"]), default="small", show_default=True
+    "--model-size",
+    type=click.Choice(sorted(PRESETS)),
+    default=None,
+    help="Model preset.  [default: the largest the corpus (and --time-budget, on this machine) can feed]",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--time-budget",
+    metavar="DURATION",
+    default=None,
+    callback=_duration,
+    help="Plan training to this wall-clock time (90s, 10m, 2h); also picks the model size.",
+)
+@click.option(
+    "--num-epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training epochs.  [default: 10; with --time-budget: as many as fit]",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--learning-rate", type=float, default=3e-4, show_default=True)
+@click.option(
+    "--learning-rate",
+    type=float,
+    default=None,
+    help="Peak LR.  [default: chosen from the model width and batch]",
+)
 @click.option(
     "--vocab-size", type=click.IntRange(min=64), default=None, help="Default: from corpus statistics."
 )
@@ -174,7 +210,32 @@ def main() -> None:
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also export an int8 graph.")
 @click.option("--force", is_flag=True, help="Rerun every step, even the current ones.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def pipeline(input_path: Path, out: Path, debug: bool, **kwargs: Any) -> None:
+def pipeline(
+    input_path: Path,
+    out: Path,
+    input_format: str | None,
+    question_field: str | None,
+    answer_field: str | None,
+    table: str | None,
+    query: str | None,
+    records_key: str | None,
+    encoding: str | None,
+    delimiter: str | None,
+    skip_invalid: bool,
+    model_size: str | None,
+    time_budget: float | None,
+    num_epochs: int | None,
+    batch_size: int,
+    learning_rate: float | None,
+    vocab_size: int | None,
+    max_length: int | None,
+    test_fraction: float,
+    device: str,
+    seed: int,
+    quantize: str | None,
+    force: bool,
+    debug: bool,
+) -> None:
     """Convert -> tokenizer -> tokenize -> train -> export -> evaluate, skipping current steps.
 
     Every artifact lands in OUT; rerunning after a crash continues where it stopped.
@@ -182,25 +243,68 @@ def pipeline(input_path: Path, out: Path, debug: bool, **kwargs: Any) -> None:
     _require_pipeline_components("pipeline")
     from gptmed.cli.pipeline import PipelineOptions, run_pipeline
 
+    options = PipelineOptions(
+        input=input_path,
+        out=out,
+        input_format=input_format,
+        question_field=question_field,
+        answer_field=answer_field,
+        table=table,
+        query=query,
+        records_key=records_key,
+        encoding=encoding,
+        delimiter=delimiter,
+        skip_invalid=skip_invalid,
+        model_size=model_size,
+        time_budget=time_budget,
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        vocab_size=vocab_size,
+        max_length=max_length,
+        test_fraction=test_fraction,
+        device=device,
+        seed=seed,
+        quantize=quantize,
+        force=force,
+    )
     with cli_errors(debug), _training_signals(debug), _no_empty_output(out):
-        result = run_pipeline(PipelineOptions(input=input_path, out=out, **kwargs), echo=click.echo)
+        result = run_pipeline(options, echo=click.echo)
     click.echo(f"\n✓ Bundle: {result.bundle}")
     click.echo(f'  Try it: gptmed-generate --checkpoint {result.bundle} --prompt "..."')
 
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gptmed-quickstart"), show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option(
+    "--num-epochs", type=click.IntRange(min=1), default=None, help="Training epochs.  [default: 40]"
+)
+@click.option(
+    "--time-budget",
+    metavar="DURATION",
+    default=None,
+    callback=_duration,
+    help="Plan training to this wall-clock time (90s, 10m) instead of a number of epochs.",
+)
 @click.option("--questions", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--force", is_flag=True, help="Rerun every step, even the current ones.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def quickstart(out: Path, epochs: int, questions: int, force: bool, debug: bool) -> None:
+def quickstart(
+    out: Path, num_epochs: int | None, time_budget: float | None, questions: int, force: bool, debug: bool
+) -> None:
     """The whole pipeline on the embedded sample (tiny model), then a few questions answered."""
     _require_pipeline_components("quickstart")
     from gptmed.cli.quickstart import run_quickstart
 
     with cli_errors(debug), _training_signals(debug), _no_empty_output(out):
-        result = run_quickstart(out, epochs=epochs, questions=questions, force=force, echo=click.echo)
+        result = run_quickstart(
+            out,
+            num_epochs=num_epochs,
+            time_budget=time_budget,
+            questions=questions,
+            force=force,
+            echo=click.echo,
+        )
     click.echo(
         f"\nThe exported bundle (onnxruntime, no torch) answers {result.exact} of {result.asked} "
         "training questions word for word (greedy). A few of them:"

@@ -12,8 +12,9 @@ Steps (artifacts under ``DIR``)::
 
 Each finished step is recorded in ``DIR/pipeline.json`` (see :mod:`gptmed.cli.steps`); a rerun
 skips current steps, and a training step that was interrupted resumes from its last checkpoint.
-Vocabulary size and context length default to values derived from the corpus; every derived
-choice is reported with its reason and can be overridden.
+Vocabulary size, context length and model size default to values derived from the corpus (the
+model size also from ``--time-budget`` and this machine's measured speed); gptmed-train chooses the
+learning rate, warmup and dropout. Every choice is reported with its reason and can be overridden.
 """
 
 from __future__ import annotations
@@ -30,28 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from gptmed.cli.steps import Step, StepRunner
-from gptmed.core import ConfigError, atomic_write_text, make_folder, read_qa_text
+from gptmed.core import Choice, ConfigError, atomic_write_text, make_folder, read_qa_text
 
 __all__ = [
-    "Choice",
     "PipelineOptions",
     "PipelineResult",
     "choose_max_length",
+    "choose_size",
     "choose_vocab_size",
     "run_pipeline",
 ]
 
 _log = logging.getLogger(__name__)
 _WORD = re.compile(r"\w+", re.UNICODE)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A value the pipeline picked, and why."""
-
-    name: str
-    value: int
-    reason: str
 
 
 @dataclass
@@ -69,15 +61,16 @@ class PipelineOptions:
     encoding: str | None = None  # text encoding of the input (None: UTF-8)
     delimiter: str | None = None  # CSV/TSV field separator (None: detected)
     skip_invalid: bool = False  # skip and count invalid records instead of stopping at the first
-    model_size: str = "small"  # tiny | small | medium
-    epochs: int = 10  # training epochs
+    model_size: str | None = None  # tiny | small | medium (None: the largest the corpus and budget can feed)
+    num_epochs: int | None = None  # training epochs (None: 10, or as many as fit the time budget)
+    time_budget: float | None = None  # seconds of training to plan the run to (gptmed-train --time-budget)
     batch_size: int = 16  # sequences per optimizer step
-    learning_rate: float = 3e-4  # peak learning rate
+    learning_rate: float | None = None  # peak learning rate (None: gptmed-train chooses by width and batch)
     vocab_size: int | None = None  # tokenizer vocabulary (None: from corpus statistics)
     max_length: int | None = None  # context length (None: from the tokenized pair lengths)
     test_fraction: float = 0.1  # pairs held out for evaluation (0 = evaluate on training pairs)
     val_fraction: float = 0.1  # of the remaining pairs, for validation loss
-    warmup_steps: int | None = None  # None: 5% of the training steps
+    warmup_steps: int | None = None  # None: gptmed-train chooses (3% of the steps, at most 100)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 42  # everything random: split, tokenizer, init, data order
     quantize: str | None = None  # also export an int8 graph
@@ -114,7 +107,7 @@ def choose_vocab_size(pairs_path: Path) -> Choice:
         f"{len(words):,} distinct words in {pairs:,} pairs ({chars / 1e6:.2f}M characters): "
         f"0.6 x distinct words, a multiple of 64, kept within [320, 8000]"
     )
-    return Choice("vocab size", value, reason)
+    return Choice("--vocab-size", value, reason)
 
 
 def choose_max_length(lengths: list[int], cap: int = 512) -> Choice:
@@ -129,7 +122,42 @@ def choose_max_length(lengths: list[int], cap: int = 512) -> Choice:
         f"99% of the {len(ordered):,} pairs are <= {p99} tokens (longest {ordered[-1]}): smallest power "
         f"of two >= that, kept within [64, {cap}]; {longer} longer pair(s) become sliding windows"
     )
-    return Choice("max length", value, reason)
+    return Choice("--max-length", value, reason)
+
+
+def choose_size(tokenized: Path, options: PipelineOptions) -> Choice:
+    """The model preset for this corpus (and time budget, on this machine): gptmed-train's rule
+    (:func:`gptmed.training.recipe.choose_model_size`), fed with the tokenized corpus's real token
+    count and, with a budget, each preset's training speed measured here."""
+    import numpy as np
+    import torch
+    from gptmed.core import PRESETS, DatasetManifest
+    from gptmed.training.recipe import choose_model_size, measure_tokens_per_s
+
+    manifest = DatasetManifest.load(tokenized / "metadata.json")
+    rows = np.load(tokenized / "train.npy", mmap_mode="r")
+    corpus_tokens = int(np.count_nonzero(rows != manifest.special_ids.pad))
+    presets = {
+        name: build(vocab_size=manifest.vocab_size, max_seq_len=manifest.max_length)
+        for name, build in PRESETS.items()
+    }
+    speed = None
+    if options.time_budget is not None:
+        device = (
+            options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        batch = min(options.batch_size, 4) if device == "cpu" else options.batch_size
+        speed = {
+            name: measure_tokens_per_s(model, device, batch_size=batch, seq_len=manifest.max_length)
+            for name, model in presets.items()
+        }
+    return choose_model_size(
+        presets,
+        corpus_tokens=corpus_tokens,
+        tokens_per_s=speed,
+        budget_s=options.time_budget,
+        num_epochs=options.num_epochs or 10,
+    )
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -160,14 +188,15 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
         def on_epoch_end(
             self,
             epoch: int,
-            num_epochs: int,
+            num_epochs: int | None,
             train_loss: float | None,
             val_loss: float | None,
             seconds: float,
         ) -> None:
             tr = f"{train_loss:.3f}" if train_loss is not None else "-"
             va = f"{val_loss:.3f}" if val_loss is not None else "-"
-            echo(f"      epoch {epoch}/{num_epochs}: train loss {tr}, val loss {va} ({seconds:.1f}s)")
+            of = f"/{num_epochs}" if num_epochs else ""
+            echo(f"      epoch {epoch}{of}: train loss {tr}, val loss {va} ({seconds:.1f}s)")
 
     out = make_folder(options.out, "output folder")
     data_dir, tok_dir, ckpt_dir, bundle = (
@@ -191,12 +220,12 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
     total = 7
     choices: list[Choice] = []
 
-    def announce(choice: Choice, given: int | None) -> int:
+    def announce(choice: Choice, given: int | str | None) -> Any:
         if given is not None:
-            echo(f"      {choice.name}: {given} (given)")
+            echo(f"      {choice.flag} {given} (given)")
             return given
         choices.append(choice)
-        echo(f"      {choice.name}: {choice.value} — {choice.reason}")
+        echo(f"      {choice}")
         return choice.value
 
     # 1. convert
@@ -280,7 +309,7 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
             Choice(**runner.memo("max_length", [train_txt, tok_model], length_choice)), None
         )
     else:
-        max_length = announce(Choice("max length", options.max_length, ""), options.max_length)
+        max_length = announce(Choice("--max-length", options.max_length, ""), options.max_length)
 
     def do_tokenize() -> str:
         manifest = tokenize_dataset(
@@ -307,16 +336,24 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
     )
 
     # 5. train (an interrupted run resumes from its newest checkpoint)
+    def size_choice() -> dict[str, Any]:  # measures the presets' speed: remembered while its inputs stay
+        return asdict(choose_size(tokenized, options))
+
+    model_size = options.model_size
+    if model_size is None:
+        size_inputs = [tokenized / "train.npy", tokenized / "metadata.json"]
+        memo = runner.memo(f"model_size-{options.time_budget}-{options.device}", size_inputs, size_choice)
+        model_size = announce(Choice(**memo), None)
     train_params: dict[str, Any] = {
-        "model_size": options.model_size,
-        "num_epochs": options.epochs,
+        "model_size": model_size,
+        "num_epochs": options.num_epochs,
+        "time_budget": options.time_budget,
         "batch_size": options.batch_size,
         "learning_rate": options.learning_rate,
+        "warmup_steps": options.warmup_steps,
         "seed": options.seed,
         **options.extra_train,
     }
-    if options.warmup_steps is not None:
-        train_params["warmup_steps"] = options.warmup_steps
 
     def do_train() -> str:
         resume = any(ckpt_dir.glob("checkpoint_*.pt"))

@@ -38,10 +38,14 @@ def validation_questions(tokenized: Path) -> set[str]:
     return {p.question for i, p in enumerate(read_qa_text(source)) if i in held_out}
 
 
+QUICKSTART_EPOCHS = 40  # enough for the tiny model to learn the sample's answers word for word
+
+
 def run_quickstart(
     out: Path,
     *,
-    epochs: int = 40,
+    num_epochs: int | None = None,
+    time_budget: float | None = None,
     questions: int = 4,
     check: int = 60,
     seed: int = 42,
@@ -50,8 +54,9 @@ def run_quickstart(
 ) -> QuickstartResult:
     """Train the tiny model on the embedded sample and answer questions it trained on.
 
-    The defaults are sized for 2 CPU cores: about a minute of work. ``check`` trained questions
-    are answered greedily to report how many the bundle answers exactly.
+    The defaults are sized for 2 CPU cores: about a minute of work (40 epochs; ``time_budget``
+    plans the training to that many seconds instead). ``check`` trained questions are answered
+    greedily to report how many the bundle answers exactly.
     """
     from gptmed.data import sample_path
     from gptmed.inference.generator import TextGenerator
@@ -60,7 +65,8 @@ def run_quickstart(
         input=sample_path(),
         out=out,
         model_size="tiny",
-        epochs=epochs,
+        num_epochs=num_epochs if num_epochs is not None or time_budget is not None else QUICKSTART_EPOCHS,
+        time_budget=time_budget,
         batch_size=8,
         learning_rate=2e-3,
         warmup_steps=20,
