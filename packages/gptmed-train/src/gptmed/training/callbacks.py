@@ -55,6 +55,7 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)  # losses of the steps this call took
     useful_tokens_per_s: float = 0.0  # real (non-padding) input tokens per second
     plan: BudgetPlan | None = None  # the last plan of a --time-budget run
+    tokens_seen: int = 0  # real input tokens trained on, over the whole run (resumes included)
 
 
 class TrainCallbacks:

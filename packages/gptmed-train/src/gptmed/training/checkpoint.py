@@ -256,6 +256,7 @@ class RunState:
     epoch_loss_sum: float = 0.0  # sum of the step losses of the current epoch
     epoch_steps: int = 0
     budget_spent_s: float = 0.0  # time-budget seconds used so far
+    tokens_seen: int = 0  # real (non-padding) input tokens trained on so far
 
     def trainer_state(self) -> dict[str, Any]:
         return {
@@ -264,6 +265,7 @@ class RunState:
             "epoch_loss_sum": self.epoch_loss_sum,
             "epoch_steps": self.epoch_steps,
             "budget_spent_s": self.budget_spent_s,
+            "tokens_seen": self.tokens_seen,
         }
 
     @classmethod
@@ -278,6 +280,7 @@ class RunState:
             epoch_loss_sum=float(ts.get("epoch_loss_sum", 0.0)),
             epoch_steps=int(ts.get("epoch_steps", 0)),
             budget_spent_s=float(ts.get("budget_spent_s", 0.0)),
+            tokens_seen=int(ts.get("tokens_seen", 0)),
         )
 
 

@@ -435,6 +435,7 @@ class Trainer:
             loss = loss_sum / n_targets if n_targets else 0.0
             self.state.epoch_loss_sum += loss
             self.state.epoch_steps += 1
+            self.state.tokens_seen += record.info["tokens"]
             rate = self.progress.step_done(record.step, record.info["tokens"], record.info["slots"])
             if vote and self.vote is None:
                 self.vote = signal.SIGTERM if vote % signal.SIGTERM == 0 else signal.SIGINT
@@ -670,6 +671,7 @@ class Trainer:
             step_losses=list(self.progress.losses),
             useful_tokens_per_s=done.tokens / elapsed if elapsed > 0 else 0.0,
             plan=self.plan,
+            tokens_seen=self.state.tokens_seen,
         )
         if self.info.is_main:
             self.cb.on_end(result)
