@@ -70,7 +70,7 @@ class Package:
 
 PACKAGES: dict[str, Package] = {
     "core": Package("gptmed-core"),
-    "data": Package("gptmed-data", local=("core",)),
+    "data": Package("gptmed-data", local=("core",), extras=("test", "parquet")),
     "tokenizer": Package("gptmed-tokenizer", local=("core",)),
     "model": Package("gptmed-model", local=("core",), extras=("test", "triton")),
     "train": Package("gptmed-train", local=("core", "model")),

@@ -9,7 +9,14 @@ by our converter, each in its own subprocess; wall time (median of --repeat runs
 Part 2: peak RSS of our converter on generated jsonl / csv / txt / json inputs from 10 MB up to
 1 GB (--quick: up to 100 MB), to show memory stays flat as the input grows.
 
+--json-parsers (only this part): gptmed-data's own incremental JSON array parser vs ijson
+(``pip install ijson``) on the generated 1 GB JSON array (--quick: 100 MB): CPU time and peak RSS
+of one process per parser, run side by side (alternating) in two rounds. ijson is run as the
+reader would need it (with a duplicate-key check, which the own parser's object hook does) and
+without; its pure-Python backend, the fallback where no compiled one installs, on 100 MB.
+
     python bench/convert.py [--quick] [--repeat 3] [--md docs/bench/data.md]
+    python bench/convert.py --json-parsers [--quick]
 """
 
 from __future__ import annotations
@@ -278,6 +285,81 @@ def part2(tmp: Path, sizes_mb: list[int], formats: list[str]) -> list[str]:
     return lines
 
 
+# One process per parser: iterate the array's elements (objects) and touch one field of each.
+JSON_CHILD = """
+import sys
+import gptmed.data.readers  # the same imports on every side
+variant, path = sys.argv[1], sys.argv[2]
+n = 0
+if variant == "startup":
+    pass  # imports only: what every other row also pays
+elif variant == "own":
+    from gptmed.data.readers.json_stream import ArrayStream
+    with open(path, encoding="utf-8") as fh:
+        stream = ArrayStream(fh, path)
+        assert stream.start() == "["
+        for obj in stream.elements():
+            n += type(obj["question"]) is str
+else:
+    import ijson
+    backend = ijson.get_backend(variant.split("+")[0])
+    map_type = None
+    if variant.endswith("+dupcheck"):
+        class DupCheck(dict):  # duplicate keys found, as the own parser's object hook does
+            dups = frozenset()
+            def __setitem__(self, key, value):
+                if key in self:
+                    self.dups = self.dups | {key}
+                dict.__setitem__(self, key, value)
+        map_type = DupCheck
+    with open(path, "rb") as fh:
+        for obj in backend.items(fh, "item", map_type=map_type, use_float=True):
+            n += type(obj["question"]) is str
+print(n)
+"""
+
+
+def json_parsers(tmp: Path, mb: int, rounds: int = 2) -> list[str]:
+    """Own JSON array parser vs ijson: CPU seconds per round and peak RSS, one process each."""
+    if importlib.util.find_spec("ijson") is None:
+        return ["ijson is not installed (pip install ijson): skipped."]
+    big, small = tmp / "big.json", tmp / "small.json"
+    generate(big, "json", mb * 1_000_000)
+    generate(small, "json", min(mb, 100) * 1_000_000)
+    cases = [
+        ("own", big),
+        ("yajl2_c+dupcheck", big),
+        ("yajl2_c", big),
+        ("own", small),
+        ("python+dupcheck", small),
+        ("startup", small),
+    ]
+    cpu: dict[tuple[str, Path], list[float]] = {c: [] for c in cases}
+    rss: dict[tuple[str, Path], int] = dict.fromkeys(cases, 0)
+    for _ in range(rounds):
+        for variant, path in cases:  # side by side: every parser once per round
+            _, c, r = run([PY, "-c", JSON_CHILD, variant, str(path)])
+            cpu[(variant, path)].append(c)
+            rss[(variant, path)] = max(rss[(variant, path)], r)
+            print(f"  {variant} {path.stat().st_size / 1e6:.0f} MB: {c:.2f} s CPU, {r} MiB", flush=True)
+    lines = [
+        "| parser | input MB | CPU s (rounds) | CPU ratio to own, start-up left out | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    startup = statistics.mean(cpu[("startup", small)])
+    for variant, path in cases:
+        own = statistics.mean(cpu[("own", path)]) - startup
+        runs = " / ".join(f"{c:.2f}" for c in cpu[(variant, path)])
+        ratio = (
+            ""
+            if variant == "startup"
+            else f"**{(statistics.mean(cpu[(variant, path)]) - startup) / own:.2f}**"
+        )
+        size = "(imports only)" if variant == "startup" else f"{path.stat().st_size / 1e6:.0f}"
+        lines.append(f"| {variant} | {size} | {runs} | {ratio} | {rss[(variant, path)]} |")
+    return lines
+
+
 def machine() -> str:
     model = platform.processor() or "?"
     try:
@@ -298,6 +380,7 @@ def main() -> None:
     ap.add_argument("--medquad-only", action="store_true", help="only the MedQuAD comparison")
     ap.add_argument("--formats", default="jsonl,csv,txt,json", help="part 2 formats")
     ap.add_argument("--md", type=Path, help="also write the markdown report here")
+    ap.add_argument("--json-parsers", action="store_true", help="only: own JSON array parser vs ijson")
     args = ap.parse_args()
     sizes = [10, 30, 100] if args.quick else [10, 100, 1000]
     command = "python bench/convert.py " + " ".join(sys.argv[1:])
@@ -313,12 +396,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gptmed-bench-") as d:
         tmp = Path(d)
         print("\n".join(header), flush=True)
-        body = ["## MedQuAD train split: ours vs the manual's snippets", "", *part1(tmp, args.repeat)]
-        if not args.medquad_only:
+        if args.json_parsers:
+            size = 100 if args.quick else 1000
+            body = [f"## JSON array parsers: own vs ijson (~{size} MB)", "", *json_parsers(tmp, size)]
+        else:
+            body = ["## MedQuAD train split: ours vs the manual's snippets", "", *part1(tmp, args.repeat)]
+        if not (args.medquad_only or args.json_parsers):
             big = 30 if args.quick else 100
             body += ["", f"## Generated ~{big} MB inputs: ours vs the manual's snippets", ""]
             body += part1b(tmp, big, 1)
-        if not (args.skip_part2 or args.medquad_only):
+        if not (args.skip_part2 or args.medquad_only or args.json_parsers):
             body += ["", "## Peak RSS vs input size (ours, generated inputs)", ""]
             body += part2(tmp, sizes, args.formats.split(","))
     report = "\n".join(header + body) + "\n"

@@ -144,6 +144,21 @@ def test_empty_fields_are_rejected() -> None:
         QAPair("q?", " \n\t")
 
 
+def test_from_normalized_builds_the_same_frozen_pair_without_copying() -> None:
+    import dataclasses
+
+    q, a = "What is it?", "First line.\n\nSecond line."
+    pair = QAPair.from_normalized(q, a)
+    assert pair == QAPair(q, a) and hash(pair) == hash(QAPair(q, a))
+    assert pair.question is q and pair.answer is a  # the caller's strings, not copies
+    assert format_pair(pair) == format_pair(QAPair(q, a))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pair.question = "x"  # type: ignore[misc]
+    # Trusted: the fields are not checked again (the caller's promise), unlike QAPair(q, a).
+    assert QAPair.from_normalized(" padded ", "a").question == " padded "
+    assert QAPair(" padded ", "a").question == "padded"
+
+
 _text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
     min_size=1,
@@ -163,6 +178,7 @@ _field = st.one_of(_text, _line_soup).filter(
 @given(st.lists(st.tuples(_field, _field), min_size=1, max_size=5))
 def test_roundtrip_any_text(tmp_path_factory: pytest.TempPathFactory, raw: list[tuple[str, str]]) -> None:
     pairs = [QAPair(q, a) for q, a in raw]
+    assert [QAPair.from_normalized(p.question, p.answer) for p in pairs] == pairs
     path = tmp_path_factory.mktemp("rt") / "qa.txt"
     write_qa_text(path, pairs)
     assert _read(path) == pairs

@@ -12,7 +12,7 @@ import pytest
 from data_testutil import PAIRS, canonical, jsonl, make_sqlite, read_pairs
 from gptmed.core import DataError, QAPair, write_qa_text
 from gptmed.data import convert, detect_format, iter_records
-from gptmed.data.readers import _ArrayStream
+from gptmed.data.readers.json_stream import ArrayStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -86,7 +86,7 @@ def test_any_text_round_trips_through_every_format(tmp_path, fmt, pairs):
 )
 def test_incremental_json_parser_agrees_with_json_load(rows, chunk, batch, indent):
     text = json.dumps(rows, indent=indent, ensure_ascii=bool(chunk % 2))
-    stream = _ArrayStream(io.StringIO(text), "t.json")
+    stream = ArrayStream(io.StringIO(text), "t.json")
     stream.chunk_chars = chunk  # tiny reads: every token gets split across buffer refills
     stream.batch = batch
     stream.min_batch_chars = 1  # batch even tiny runs
@@ -96,7 +96,7 @@ def test_incremental_json_parser_agrees_with_json_load(rows, chunk, batch, inden
 
 def test_incremental_json_parser_reports_lines():
     text = '[\n {"question": "a", "answer": "b"},\n\n {"question": "c", "answer": "d"}\n]\n'
-    stream = _ArrayStream(io.StringIO(text), "t.json")
+    stream = ArrayStream(io.StringIO(text), "t.json")
     stream.chunk_chars = 3
     stream.batch = False
     stream.start()
@@ -107,7 +107,7 @@ def test_incremental_json_parser_reports_lines():
 def test_numbers_split_across_chunks_are_parsed_whole():
     text = "[" + ", ".join(str(10**k) for k in range(30)) + "]"
     for chunk in (1, 2, 3, 5):
-        stream = _ArrayStream(io.StringIO(text), "t.json")
+        stream = ArrayStream(io.StringIO(text), "t.json")
         stream.chunk_chars = chunk
         stream.start()
         assert list(stream.elements()) == [10**k for k in range(30)]
@@ -221,20 +221,6 @@ def test_sqlite_table_and_query_mapping(tmp_path):
     assert pairs == [QAPair("Q1?", "A1."), QAPair("Q2?", "A2.")]
     pairs = list(iter_records(db, query="SELECT ask AS question, reply AS answer FROM faq WHERE lang = 'fr'"))
     assert pairs == [QAPair("Q2?", "A2.")]
-
-
-def test_parquet_needs_pyarrow_or_reads(tmp_path):
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        (tmp_path / "x.parquet").write_bytes(b"PAR1")
-        with pytest.raises(DataError, match=r'pip install "gptmed-data\[parquet\]"'):
-            list(iter_records(tmp_path / "x.parquet"))
-        return
-    table = pa.table({"question": [p.question for p in PAIRS], "answer": [p.answer for p in PAIRS]})
-    pq.write_table(table, tmp_path / "x.parquet")
-    assert list(iter_records(tmp_path / "x.parquet")) == PAIRS
 
 
 MEDQUAD = Path(__file__).resolve().parents[3] / ".." / "shared" / "datasets" / "medquad"

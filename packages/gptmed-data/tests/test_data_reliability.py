@@ -558,13 +558,3 @@ def test_reader_counts_without_raising_when_skipping(write):
     reader = QAReader(src, ReadOptions(skip_invalid=True))
     assert list(reader) == PAIRS
     assert reader.read == 5 and dict(reader.invalid) == {"bad_json": 1, "empty_question": 1}
-
-
-def test_progress_callback_sees_records(write, tmp_path):
-    src = write("p.jsonl", jsonl(ROWS * 100))
-    calls: list[int] = []
-    convert(src, tmp_path / "a.txt", progress=calls.append)
-    assert calls and 0 < calls[0] <= 300
-    calls.clear()
-    convert(src, tmp_path / "b.txt", progress=calls.append, dedupe="exact")  # the per-record path
-    assert calls == [] or all(0 < c <= 300 for c in calls)

@@ -67,6 +67,19 @@ class QAPair:
             if clean != value:
                 object.__setattr__(self, name, clean)
 
+    @classmethod
+    def from_normalized(cls, question: str, answer: str) -> QAPair:
+        """A pair from fields the caller has already normalised, without checking them again.
+
+        The trusted constructor for readers that validate fields in bulk (gptmed-data's
+        conversion): both must be ``str``, non-empty, with LF newlines only and no surrounding
+        whitespace, i.e. ``normalize_text(f) == f != ""``. Anything else: use ``QAPair(q, a)``.
+        """
+        pair = object.__new__(cls)
+        object.__setattr__(pair, "question", question)
+        object.__setattr__(pair, "answer", answer)
+        return pair
+
 
 def _escape(line: str) -> str:
     if line.startswith((_Q, _A, _ESC)):

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gptmed.data.clean import Cleaner, CleanOptions, normalize_key, word_count
     from gptmed.data.conversion import ConvertReport, convert
-    from gptmed.data.readers import FORMATS, Invalid, QAReader, ReadOptions, detect_format, iter_records
+    from gptmed.data.readers import (
+        FORMATS,
+        Invalid,
+        QAReader,
+        ReadOptions,
+        ReadProgress,
+        detect_format,
+        iter_records,
+    )
     from gptmed.data.sample import SampleInfo, copy_sample, sample_info, sample_path
     from gptmed.data.splitting import SplitReport, split
     from gptmed.data.stats import LengthSummary, StatsReport, ValidationReport, compute_stats, validate
@@ -24,7 +32,15 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "gptmed.data.clean": ("CleanOptions", "Cleaner", "normalize_key", "word_count"),
     "gptmed.data.conversion": ("ConvertReport", "convert"),
-    "gptmed.data.readers": ("FORMATS", "Invalid", "QAReader", "ReadOptions", "detect_format", "iter_records"),
+    "gptmed.data.readers": (
+        "FORMATS",
+        "Invalid",
+        "QAReader",
+        "ReadOptions",
+        "ReadProgress",
+        "detect_format",
+        "iter_records",
+    ),
     "gptmed.data.sample": ("SampleInfo", "copy_sample", "sample_info", "sample_path"),
     "gptmed.data.splitting": ("SplitReport", "split"),
     "gptmed.data.stats": ("LengthSummary", "StatsReport", "ValidationReport", "compute_stats", "validate"),
@@ -42,6 +58,7 @@ __all__ = [
     "LengthSummary",
     "QAReader",
     "ReadOptions",
+    "ReadProgress",
     "SampleInfo",
     "SplitReport",
     "StatsReport",

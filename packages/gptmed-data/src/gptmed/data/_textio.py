@@ -18,7 +18,7 @@ from typing import IO, Any, cast
 
 from gptmed.core import DataError, utf16_codec
 
-__all__ = ["decode_error", "open_binary", "open_text"]
+__all__ = ["ByteMeter", "decode_error", "open_binary", "open_text"]
 
 _ENCODING_HINT = 'pass --encoding (e.g. --encoding cp1252 for Windows/Excel "ANSI" files, latin-1, utf-16), or convert the file to UTF-8'
 
@@ -60,6 +60,28 @@ class _GzipFile(gzip.GzipFile):
 
     def readline(self, size: int | None = -1) -> bytes:
         return self._guarded(super().readline, size)
+
+    def compressed_position(self) -> int:
+        """Bytes of the compressed file read so far."""
+        return self.myfileobj.tell() if self.myfileobj is not None else 0
+
+
+class ByteMeter:
+    """How far a reader has got into the file it opened with :func:`open_text`: bytes of the file
+    on disk (compressed bytes of a ``.gz``), for progress bars. The last position stays after close."""
+
+    def __init__(self) -> None:
+        self._raw: IO[bytes] | None = None
+        self._last = 0
+
+    def watch(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+
+    def position(self) -> int:
+        raw = self._raw
+        if raw is not None and not raw.closed:
+            self._last = raw.compressed_position() if isinstance(raw, _GzipFile) else raw.tell()
+        return self._last
 
 
 def open_binary(path: str | os.PathLike[str], name: str | None = None) -> IO[bytes]:
@@ -104,17 +126,23 @@ def _sniff(raw: IO[bytes], source: str, codec: str) -> None:
 
 
 def open_text(
-    path: str | os.PathLike[str], encoding: str = "utf-8", newline: str | None = None, name: str | None = None
+    path: str | os.PathLike[str],
+    encoding: str = "utf-8",
+    newline: str | None = None,
+    name: str | None = None,
+    meter: ByteMeter | None = None,
 ) -> IO[str]:
     """Open ``path`` as text with strict decoding; a UTF-8 BOM is stripped.
 
     ``newline=None`` turns CRLF and CR into LF (universal newlines); ``newline=""`` keeps line
     endings for the csv module. Decoding errors surface as ``UnicodeDecodeError`` while
     iterating; :func:`decode_error` turns one into a :class:`DataError` with line and offset.
-    Errors name the file ``name`` (by default ``path``).
+    Errors name the file ``name`` (by default ``path``); ``meter`` follows how far it is read.
     """
     codec = _codec_name(encoding)
     raw = open_binary(path, name)
+    if meter is not None:
+        meter.watch(raw)
     try:
         _sniff(raw, name or str(path), codec)
     except BaseException:

@@ -7,11 +7,15 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from gptmed.core import cli_errors
 from gptmed.data.clean import _plural
+
+if TYPE_CHECKING:
+    from gptmed.data.readers import ReadProgress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,15 +97,53 @@ def _read_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _progress() -> Callable[[int], None] | None:
-    """A records-read counter on stderr, only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return None
+class _ProgressBar:
+    """A tqdm bar on stderr fed by a reader's progress callback: bytes of the input with rate and
+    ETA (records and rate for SQLite and Parquet, whose size says nothing); one bar per stage
+    (split's two passes). Drawn only on a terminal (``disable=None``): quiet in CI and pipes."""
 
-    def show(n: int) -> None:
-        click.echo(f"\r  {_plural(n, 'record')} read", nl=False, err=True)
+    def __init__(self) -> None:
+        self._bar: Any = None  # tqdm, imported on first use (gptmed-data --help stays fast)
+        self._stage = ""
 
-    return show
+    def __call__(self, now: ReadProgress) -> None:
+        if self._bar is None or now.stage != self._stage:
+            self.close()
+            self._stage = now.stage
+            self._bar = _new_bar(now)
+        if now.bytes_read is not None:
+            self._bar.set_postfix_str(_plural(now.records, "record"), refresh=False)
+        done = now.records if now.bytes_read is None else now.bytes_read
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _new_bar(now: ReadProgress) -> Any:
+    from tqdm import tqdm
+
+    by_bytes = now.bytes_read is not None
+    return tqdm(
+        desc=now.stage,
+        total=now.total_bytes if by_bytes else None,
+        unit="B" if by_bytes else " records",
+        unit_scale=True,
+        disable=None,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 def _setup(ctx: click.Context, debug: bool) -> bool:
@@ -161,12 +203,8 @@ def convert(ctx: click.Context, /, input: Path, output: Path, debug: bool, as_js
     with cli_errors(_setup(ctx, debug)):
         try:
             read = _read_kwargs(kw)
-            show = _progress()
-            try:
-                report = run(input, output, progress=show, **read, **kw)
-            finally:
-                if show is not None:
-                    click.echo("\r" + " " * 40 + "\r", nl=False, err=True)
+            with _ProgressBar() as bar:
+                report = run(input, output, progress=bar, **read, **kw)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
@@ -198,7 +236,8 @@ def validate(
     with cli_errors(_setup(ctx, debug)):
         opts = _read_kwargs(kw)
         opts.pop("skip_invalid")
-        report = run(file, max_problems=max_problems, **opts)
+        with _ProgressBar() as bar:
+            report = run(file, max_problems=max_problems, progress=bar, **opts)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text(fatal=False))
     if report.fatal:
         click.echo(f"Error: {report.fatal}", err=True)
@@ -219,8 +258,8 @@ def stats(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: A
     """
     from gptmed.data.stats import compute_stats
 
-    with cli_errors(_setup(ctx, debug)):
-        report = compute_stats(file, **_read_kwargs(kw))
+    with cli_errors(_setup(ctx, debug)), _ProgressBar() as bar:
+        report = compute_stats(file, progress=bar, **_read_kwargs(kw))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
 
 
@@ -260,7 +299,8 @@ def split(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: A
     with cli_errors(_setup(ctx, debug)):
         try:
             read = _read_kwargs(kw)
-            report = run(file, kw.pop("out_dir"), **read, **kw)
+            with _ProgressBar() as bar:
+                report = run(file, kw.pop("out_dir"), progress=bar, **read, **kw)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())

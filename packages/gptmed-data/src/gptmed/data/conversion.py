@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from gptmed.core import DataError, QAPair, atomic_open, format_pair
 from gptmed.data.clean import LONG_ANSWER_WORDS, Cleaner, CleanOptions, _plural, more_words_than
-from gptmed.data.readers import QAReader, ReadOptions, _trusted_pair
+from gptmed.data.readers import QAReader, ReadOptions, ReadProgress
 
 __all__ = ["OUTPUT_FORMATS", "ConvertReport", "convert", "output_format_for", "split_options", "write_pairs"]
 
@@ -164,25 +164,17 @@ def write_pairs(fh: IO[str], pairs: Iterable[QAPair], output_format: str, batch:
     return n
 
 
-def _write_batches(
-    fh: IO[str],
-    reader: QAReader,
-    output_format: str,
-    cleaner: Cleaner,
-    progress: Callable[[int], None] | None = None,
-) -> int:
+def _write_batches(fh: IO[str], reader: QAReader, output_format: str, cleaner: Cleaner) -> int:
     """Write the reader's batches (no cleaning options: only long answers are counted)."""
     n = 0
-    for i, (qs, as_) in enumerate(reader.iter_batches()):
-        if progress is not None and i % 64 == 0:
-            progress(reader.read)
+    for qs, as_ in reader.iter_batches():
         if output_format == "jsonl":
             text = "".join(
                 [_dumps({"question": q, "answer": a}) + "\n" for q, a in zip(qs, as_, strict=True)]
             )
         else:
             if "\n" in "".join(qs) or "\n" in "".join(as_):
-                parts = [_format_txt(_trusted_pair(q, a)) for q, a in zip(qs, as_, strict=True)]
+                parts = [_format_txt(QAPair.from_normalized(q, a)) for q, a in zip(qs, as_, strict=True)]
             else:
                 parts = list(map("Q: {}\nA: {}\n".format, qs, as_))
             text = ("\n" if n else "") + "\n".join(parts)
@@ -194,12 +186,8 @@ def _write_batches(
     return n
 
 
-def _with_progress(
-    reader: QAReader, cleaner: Cleaner, progress: Callable[[int], None] | None
-) -> Iterator[QAPair]:
+def _kept(reader: QAReader, cleaner: Cleaner) -> Iterator[QAPair]:
     for pair in reader:
-        if progress is not None and reader.read % 16384 == 0:
-            progress(reader.read)
         if cleaner.keep(pair):
             yield pair
 
@@ -217,7 +205,7 @@ def convert(
     *,
     output_format: str | None = None,
     overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[ReadProgress], None] | None = None,
     **options: Any,
 ) -> ConvertReport:
     """Convert ``input`` (any supported format) to canonical Q&A text or JSONL at ``output``.
@@ -225,21 +213,22 @@ def convert(
     ``options`` are :class:`~gptmed.data.readers.ReadOptions` and
     :class:`~gptmed.data.clean.CleanOptions` fields. The output is written through a temp file
     and renamed: on any error nothing is left at ``output``. An existing ``output`` is refused
-    unless ``overwrite``. ``progress`` is called now and then with the number of records read.
+    unless ``overwrite``. ``progress`` is called now and then with a
+    :class:`~gptmed.data.readers.ReadProgress` (records and bytes read, the input's size).
     """
     t0 = time.perf_counter()
     read_opts, clean_opts = split_options(options)
     out = Path(output)
     fmt_out = output_format_for(out, output_format)
     check_output(out, overwrite)
-    reader = QAReader(Path(input), read_opts)
+    reader = QAReader(Path(input), read_opts, progress=progress)
     cleaner = Cleaner(clean_opts)
     report = ConvertReport(reader.name, str(out), reader.format, fmt_out)
     with atomic_open(out, "w", overwrite=overwrite) as fh:
         if clean_opts == CleanOptions():
-            report.written = _write_batches(fh, reader, fmt_out, cleaner, progress)
+            report.written = _write_batches(fh, reader, fmt_out, cleaner)
         else:
-            report.written = write_pairs(fh, _with_progress(reader, cleaner, progress), fmt_out)
+            report.written = write_pairs(fh, _kept(reader, cleaner), fmt_out)
         report.read = reader.read
         report.invalid = dict(reader.invalid)
         report.removed = dict(cleaner.removed)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -19,7 +20,7 @@ from typing import IO, Any
 from gptmed.core import DataError, atomic_open
 from gptmed.data.clean import _digest, _plural, normalize_key
 from gptmed.data.conversion import _write_jsonl, _write_txt, check_output, output_format_for
-from gptmed.data.readers import QAReader, ReadOptions
+from gptmed.data.readers import QAReader, ReadOptions, ReadProgress
 
 __all__ = ["SplitReport", "split"]
 
@@ -66,12 +67,15 @@ def split(
     seed: int = 42,
     output_format: str = "txt",
     overwrite: bool = False,
+    progress: Callable[[ReadProgress], None] | None = None,
     **options: Any,
 ) -> SplitReport:
     """Write ``out_dir/train.txt``, ``val.txt`` (if ``val`` > 0) and ``test.txt`` (if ``test`` > 0).
 
     ``val`` and ``test`` are fractions of the distinct questions (each non-empty split gets at
-    least one). ``options`` are :class:`~gptmed.data.readers.ReadOptions` fields.
+    least one). ``options`` are :class:`~gptmed.data.readers.ReadOptions` fields. ``progress`` is
+    called now and then with a :class:`~gptmed.data.readers.ReadProgress` (stage ``pass 1 of 2``,
+    then ``pass 2 of 2``).
     """
     for name, frac in (("val", val), ("test", test)):
         if not 0.0 <= frac < 1.0:
@@ -89,7 +93,7 @@ def split(
 
     # Pass 1: the distinct questions, in order of first appearance.
     order: dict[bytes, None] = {}
-    first = QAReader(Path(input), opts)
+    first = QAReader(Path(input), opts, progress=progress, stage="pass 1 of 2")
     for pair in first:
         order.setdefault(_digest(normalize_key(pair.question)), None)
     keys = list(order)
@@ -124,7 +128,7 @@ def split(
                 name,
                 stack.enter_context(atomic_open(paths[name], "w", overwrite=overwrite)),
             )
-        reader = first.reopen()  # standard input or a pipe: its copy, not read twice
+        reader = first.reopen(stage="pass 2 of 2")  # standard input or a pipe: its copy, not read twice
         for pair in reader:
             name, fh = handles[assign[_digest(normalize_key(pair.question))]]
             writer(fh, pair, report.pairs[name] == 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from gptmed.data.clean import (
     normalize_key,
     word_count,
 )
-from gptmed.data.readers import QAReader, ReadOptions
+from gptmed.data.readers import QAReader, ReadOptions, ReadProgress
 
 __all__ = ["PERCENTILES", "LengthSummary", "StatsReport", "ValidationReport", "compute_stats", "validate"]
 
@@ -66,13 +67,21 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate(path: str | os.PathLike[str], *, max_problems: int = 50, **options: Any) -> ValidationReport:
-    """Read all of ``path`` and report every invalid record (place and reason)."""
+def validate(
+    path: str | os.PathLike[str],
+    *,
+    max_problems: int = 50,
+    progress: Callable[[ReadProgress], None] | None = None,
+    **options: Any,
+) -> ValidationReport:
+    """Read all of ``path`` and report every invalid record (place and reason).
+
+    ``progress`` is called now and then with a :class:`~gptmed.data.readers.ReadProgress`."""
     opts = dataclasses.replace(ReadOptions(**options), skip_invalid=True)
     report = ValidationReport(str(path))
     reader: QAReader | None = None
     try:
-        reader = QAReader(Path(path), opts, keep_examples=max_problems)
+        reader = QAReader(Path(path), opts, keep_examples=max_problems, progress=progress)
         report.path, report.format = reader.name, reader.format
         for _ in reader:
             report.pairs += 1
@@ -163,14 +172,17 @@ class StatsReport:
         return "\n".join(lines)
 
 
-def compute_stats(path: str | os.PathLike[str], **options: Any) -> StatsReport:
+def compute_stats(
+    path: str | os.PathLike[str], *, progress: Callable[[ReadProgress], None] | None = None, **options: Any
+) -> StatsReport:
     """Count pairs, length percentiles in words, duplicates, empty, short and long answers.
 
     Memory: one counter per distinct length and three 12-byte digests per pair (duplicates).
     The first invalid record raises :class:`DataError` (like ``convert``); with
-    ``skip_invalid=True`` invalid records are counted by reason.
+    ``skip_invalid=True`` invalid records are counted by reason. ``progress`` is called now and
+    then with a :class:`~gptmed.data.readers.ReadProgress`.
     """
-    reader = QAReader(Path(path), ReadOptions(**options), keep_examples=0)
+    reader = QAReader(Path(path), ReadOptions(**options), keep_examples=0, progress=progress)
     report = StatsReport(reader.name, reader.format)
     qlen: Counter[int] = Counter()
     alen: Counter[int] = Counter()
