@@ -370,7 +370,9 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip).double()
-        bad = ~(torch.isfinite(totals[0]) & torch.isfinite(grad_norm))
+        bad = ~torch.isfinite(totals[0])
+        if not self.scaler.is_enabled():  # fp16's scaler expects inf gradients now and then: it skips those
+            bad |= ~torch.isfinite(grad_norm)
         self._optimizer_step(bad)
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
