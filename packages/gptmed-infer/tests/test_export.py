@@ -48,10 +48,11 @@ def test_int8_gate_recorded_with_threshold(artifacts) -> None:  # type: ignore[n
 
 def test_failed_parity_gate_leaves_no_bundle(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from gptmed.inference import export
+    from gptmed.inference.export import writer
 
     real = export.check_parity
     monkeypatch.setattr(
-        export, "check_parity", lambda t, o, p: real(t, o, p, atol=-1.0)
+        writer, "check_parity", lambda t, o, p: real(t, o, p, atol=-1.0)
     )  # impossible tolerance
     out = tmp_path / "bundle"
     with pytest.raises(export.ParityError, match="parity gate failed"):
@@ -62,30 +63,33 @@ def test_failed_parity_gate_leaves_no_bundle(artifacts, tmp_path: Path, monkeypa
 
 def test_an_interrupted_export_leaves_no_staging_folder(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from gptmed.inference import export
+    from gptmed.inference.export import writer
 
     def interrupted(*_args: object) -> None:
         raise KeyboardInterrupt  # also SystemExit: gptmed-core's cli_errors turns SIGTERM into one
 
-    monkeypatch.setattr(export, "check_parity", interrupted)
+    monkeypatch.setattr(writer, "check_parity", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export.export_bundle(artifacts.checkpoint, tmp_path / "ex6")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_interrupted_replace_puts_the_previous_bundle_back(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
     from gptmed.inference import export
 
     out = tmp_path / "bundle"
     shutil.copytree(artifacts.bundle, out)
     before = (out / "gptmed.json").read_bytes()
-    real = export.os.replace
+    real = os.replace
 
     def replace(src: Any, dst: Any) -> None:
         if Path(dst) == out and Path(src).name.startswith(".bundle.tmp-"):
             raise KeyboardInterrupt  # the old bundle was moved aside; the new one is not in place yet
         real(src, dst)
 
-    monkeypatch.setattr(export.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         export.export_bundle(artifacts.checkpoint, out)
     monkeypatch.undo()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptmed.core import BundleError, BundleManifest, sha256_file
+from gptmed.core import BundleError, BundleManifest, ModelConfig, sha256_file
 
 __all__ = [
     "BUNDLE_MANIFEST",
@@ -31,6 +31,7 @@ __all__ = [
     "Bundle",
     "expected_io_names",
     "find_external_data",
+    "kv_head_dim",
     "load_bundle",
 ]
 
@@ -56,6 +57,13 @@ def expected_io_names(n_layers: int) -> tuple[list[str], list[str]]:
         inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         outputs += [f"present.{i}.key", f"present.{i}.value"]
     return inputs, outputs
+
+
+def kv_head_dim(config: ModelConfig) -> int:
+    """Head size of the graph's KV cache: the model's, rounded up to a multiple of 16
+    (``GroupQueryAttention`` needs multiples of 8, and of 16 when it applies RoPE; the exporter
+    pads the extra dims with zeros, :mod:`gptmed.inference.export.graph`)."""
+    return -(-config.head_dim // 16) * 16
 
 
 @dataclass(frozen=True)

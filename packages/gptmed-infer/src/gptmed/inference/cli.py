@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +279,22 @@ def main() -> None:
     """Export bundles, evaluate them and serve them (gptmed's torch-free runtime)."""
 
 
+@contextlib.contextmanager
+def _stage_bar(label: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A ``progress(done, total, stage)`` callback drawing a tqdm bar over a library call's stages
+    (on a terminal only: ``disable=None`` keeps CI logs and pipes quiet); gone when the call ends."""
+    from tqdm import tqdm
+
+    with tqdm(desc=label, unit="stage", disable=None, leave=False) as bar:
+
+        def progress(done: int, total: int, stage: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(stage, refresh=False)
+            bar.update(done - bar.n)
+
+        yield progress
+
+
 @main.command("export")
 @click.option(
     "--checkpoint", default=DEFAULT_CHECKPOINT, show_default=True, help="Training checkpoint (.pt)."
@@ -317,13 +335,17 @@ def export_cmd(
         if not Path(checkpoint).exists():
             raise _not_found(Path(checkpoint), "--checkpoint", bundles=False)
         try:
-            report = export_bundle_report(
-                checkpoint,
-                out_dir,
-                tokenizer,
-                quantize,
-                min_int8_agreement=INT8_MIN_AGREEMENT if min_int8_agreement is None else min_int8_agreement,
-            )
+            with _stage_bar("export") as progress:
+                report = export_bundle_report(
+                    checkpoint,
+                    out_dir,
+                    tokenizer,
+                    quantize,
+                    min_int8_agreement=INT8_MIN_AGREEMENT
+                    if min_int8_agreement is None
+                    else min_int8_agreement,
+                    progress=progress,
+                )
         except ImportError as exc:
             raise GptmedError(
                 f"export needs the [export] extra ({exc})", hint='pip install "gptmed-infer[export]"'

@@ -23,31 +23,52 @@ the output matmul over every prompt position is the largest single cost of a pre
 ``GroupQueryAttention`` needs a head size that is a multiple of 8 (16 with RoPE). Other head sizes are padded
 with zero rows in the q/k/v weights (and zero columns in the output projection's input), which
 changes no logit: padded q and k add 0 to every dot product, padded v dims come out 0 and are
-multiplied by 0; the extra RoPE pairs rotate zeros. The cache then has :func:`kv_head_dim` dims.
+multiplied by 0; the extra RoPE pairs rotate zeros. The cache then has
+:func:`gptmed.inference.bundle.kv_head_dim` dims.
 
 The I/O names are those of :func:`gptmed.inference.bundle.expected_io_names` (optimum /
-onnxruntime-genai names), so the bundle also loads in onnxruntime-genai.
+onnxruntime-genai names), so the bundle also loads in onnxruntime-genai. What the runtime must
+know of this graph (I/O names, layout tag, cache head size) lives in :mod:`gptmed.inference.bundle`;
+this module, which needs onnx, only writes it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from gptmed.core import ModelConfig
-from gptmed.inference.bundle import GRAPH_LAYOUT, expected_io_names
+from gptmed.inference.bundle import expected_io_names, kv_head_dim
 
-__all__ = ["GRAPH_LAYOUT", "LN_EPS", "OPSET", "build_graph", "kv_head_dim"]
+__all__ = ["LN_EPS", "OPSET", "build_graph", "export_onnx", "graph_weights"]
 
 OPSET = 17
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which GPTTransformer uses
 
 
-def kv_head_dim(config: ModelConfig) -> int:
-    """Head size of the graph's KV cache: the model's, rounded up to a multiple of 16
-    (``GroupQueryAttention`` needs multiples of 8, and of 16 when it applies RoPE)."""
-    return -(-config.head_dim // 16) * 16
+def graph_weights(model: Any) -> dict[str, np.ndarray]:
+    """What :func:`build_graph` reads from a ``GPTTransformer``: its state dict (wrapper prefixes
+    removed) and, with RoPE, the model's own cos/sin tables (non-persistent buffers, so the graph
+    rotates exactly as the model does), all as float32 numpy arrays."""
+    from gptmed.model.architecture import clean_state_dict
+
+    tensors = dict(clean_state_dict(model.state_dict()))
+    if model.rope_cos is not None:
+        tensors["rope_cos"], tensors["rope_sin"] = model.rope_cos, model.rope_sin  # (max_seq_len, hs/2)
+    return {k: v.detach().float().cpu().numpy() for k, v in tensors.items()}
+
+
+def export_onnx(model: Any, path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Write ``model`` (a ``GPTTransformer``) as the KV-cache decode graph to ``path`` (weights
+    inline, checked by ``onnx.checker``); return its input and output names."""
+    import onnx
+
+    graph = build_graph(model.config, graph_weights(model))
+    onnx.checker.check_model(graph)
+    onnx.save_model(graph, str(path))
+    return expected_io_names(model.config.n_layers)
 
 
 def _pad_heads(array: np.ndarray, nh: int, hs: int, hs_pad: int, axis: int) -> np.ndarray:
@@ -64,7 +85,7 @@ def _pad_heads(array: np.ndarray, nh: int, hs: int, hs_pad: int, axis: int) -> n
 def build_graph(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> Any:
     """An ``onnx.ModelProto`` computing ``GPTTransformer(config)`` with ``weights``: its state dict
     as float32 numpy arrays, wrapper prefixes removed, plus ``rope_cos`` / ``rope_sin`` (the model's
-    RoPE tables) when ``config.use_rope`` (see :func:`gptmed.inference.export.graph_weights`)."""
+    RoPE tables) when ``config.use_rope`` (see :func:`graph_weights`)."""
     from onnx import TensorProto, helper, numpy_helper
 
     c, nh, hs, n_layers = config.d_model, config.n_heads, config.head_dim, config.n_layers
