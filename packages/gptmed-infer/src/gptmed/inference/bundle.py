@@ -108,6 +108,62 @@ def _verify_file(path: Path, expected: str, manifest_path: Path) -> None:
         )
 
 
+def _locate(p: Path, variant: str | None) -> tuple[Path, str]:
+    """(bundle folder, graph file name) for ``path`` and ``variant`` (see :func:`load_bundle`)."""
+    if p.suffix == ".onnx":
+        return p.parent, p.name
+    if variant in ("int8", "quantized"):
+        return p, MODEL_INT8_FILE
+    if variant not in (None, "fp32"):
+        raise BundleError(f"unknown bundle variant {variant!r}", hint="use fp32 or int8")
+    return p, MODEL_FILE
+
+
+def _verify_checksums(root: Path, manifest: BundleManifest, model_file: str, data: bytes) -> None:
+    """The chosen graph's bytes and every other file but the other graphs match the manifest."""
+    manifest_path = root / BUNDLE_MANIFEST
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.files[model_file]:
+        raise BundleError(
+            f"{model_file} does not match its sha256 in {BUNDLE_MANIFEST} "
+            f"(expected {manifest.files[model_file][:12]}..., got {digest[:12]}...)",
+            where=str(root / model_file),
+            hint="the file was modified or corrupted; re-export the bundle",
+        )
+    for name, expected in manifest.files.items():
+        if name.endswith(".onnx"):
+            continue  # graphs other than the chosen one are not loaded
+        _verify_file(root / name, expected, manifest_path)
+    if manifest.tokenizer_sha256 and manifest.files.get(TOKENIZER_FILE) not in (
+        None,
+        manifest.tokenizer_sha256,
+    ):
+        raise BundleError(
+            f"{TOKENIZER_FILE} sha256 differs from the manifest's tokenizer_sha256",
+            where=str(manifest_path),
+            hint="re-export the bundle",
+        )
+
+
+def _check_graph_contract(root: Path, manifest: BundleManifest) -> None:
+    """The manifest describes the graph this runtime drives: its I/O names and layout tag."""
+    exp_in, exp_out = expected_io_names(manifest.model_config.n_layers)
+    if list(manifest.inputs) != exp_in or list(manifest.outputs) != exp_out:
+        raise BundleError(
+            f"manifest I/O names do not describe a {manifest.model_config.n_layers}-layer KV-cache graph "
+            f"(inputs {manifest.inputs[:4]}..., outputs {manifest.outputs[:3]}...)",
+            where=str(root / BUNDLE_MANIFEST),
+            hint="re-export the bundle with this version of gptmed-infer",
+        )
+    layout = manifest.extra.get("graph_layout")
+    if layout != GRAPH_LAYOUT:
+        raise BundleError(
+            f"the bundle's graph layout is {layout!r}; this gptmed-infer runs {GRAPH_LAYOUT!r}",
+            where=str(root),
+            hint="re-export it: gptmed-infer export --checkpoint CKPT --out BUNDLE",
+        )
+
+
 def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify: bool = True) -> Bundle:
     """Load the bundle at ``path`` (its folder, or one of its ``.onnx`` files) and verify it.
 
@@ -115,15 +171,7 @@ def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify
     path to an ``.onnx`` file chooses that file. Raises :class:`gptmed.core.BundleError`.
     """
     p = Path(path)
-    model_file = MODEL_FILE
-    if p.suffix == ".onnx":
-        root, model_file = p.parent, p.name
-    else:
-        root = p
-        if variant in ("int8", "quantized"):
-            model_file = MODEL_INT8_FILE
-        elif variant not in (None, "fp32"):
-            raise BundleError(f"unknown bundle variant {variant!r}", hint="use fp32 or int8")
+    root, model_file = _locate(p, variant)
     if not root.exists():
         raise BundleError(
             "bundle not found", where=str(p), hint="export one with: gptmed-infer export --out DIR"
@@ -146,33 +194,12 @@ def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify
             if model_file == MODEL_INT8_FILE
             else None,
         )
-    tokenizer_path = root / TOKENIZER_FILE
     model_path = root / model_file
     if not model_path.is_file():
         raise BundleError(f"{model_file} is missing", where=str(root), hint="re-export the bundle")
     data = model_path.read_bytes()
     if verify:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != manifest.files[model_file]:
-            raise BundleError(
-                f"{model_file} does not match its sha256 in {BUNDLE_MANIFEST} "
-                f"(expected {manifest.files[model_file][:12]}..., got {digest[:12]}...)",
-                where=str(model_path),
-                hint="the file was modified or corrupted; re-export the bundle",
-            )
-        for name, expected in manifest.files.items():
-            if name.endswith(".onnx"):
-                continue  # graphs other than the chosen one are not loaded
-            _verify_file(root / name, expected, manifest_path)
-        if manifest.tokenizer_sha256 and manifest.files.get(TOKENIZER_FILE) not in (
-            None,
-            manifest.tokenizer_sha256,
-        ):
-            raise BundleError(
-                f"{TOKENIZER_FILE} sha256 differs from the manifest's tokenizer_sha256",
-                where=str(manifest_path),
-                hint="re-export the bundle",
-            )
+        _verify_checksums(root, manifest, model_file, data)
     external = find_external_data(data)
     if external:
         raise BundleError(
@@ -181,25 +208,11 @@ def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify
             where=str(model_path),
             hint="re-export with gptmed-infer export (which never writes external data)",
         )
-    if not tokenizer_path.is_file():
+    if not (root / TOKENIZER_FILE).is_file():
         raise BundleError(f"{TOKENIZER_FILE} is missing", where=str(root), hint="re-export the bundle")
-    exp_in, exp_out = expected_io_names(manifest.model_config.n_layers)
-    if list(manifest.inputs) != exp_in or list(manifest.outputs) != exp_out:
-        raise BundleError(
-            f"manifest I/O names do not describe a {manifest.model_config.n_layers}-layer KV-cache graph "
-            f"(inputs {manifest.inputs[:4]}..., outputs {manifest.outputs[:3]}...)",
-            where=str(manifest_path),
-            hint="re-export the bundle with this version of gptmed-infer",
-        )
-    layout = manifest.extra.get("graph_layout")
-    if layout != GRAPH_LAYOUT:
-        raise BundleError(
-            f"the bundle's graph layout is {layout!r}; this gptmed-infer runs {GRAPH_LAYOUT!r}",
-            where=str(root),
-            hint="re-export it: gptmed-infer export --checkpoint CKPT --out BUNDLE",
-        )
+    _check_graph_contract(root, manifest)
     _log.debug("bundle %s verified (%s, %d files)", root, model_file, len(manifest.files))
-    return Bundle(root, manifest, model_file, data, tokenizer_path)
+    return Bundle(root, manifest, model_file, data, root / TOKENIZER_FILE)
 
 
 # --- a minimal protobuf walk (no onnx import) to find tensors stored as external data ----------
