@@ -17,9 +17,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gptmed.core import BundleError, BundleManifest, ModelConfig, sha256_file
+from gptmed.core.protowire import LEN, VARINT, WireError, fields
 
 __all__ = [
     "BUNDLE_MANIFEST",
@@ -215,54 +215,32 @@ def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify
     return Bundle(root, manifest, model_file, data, root / TOKENIZER_FILE)
 
 
-# --- a minimal protobuf walk (no onnx import) to find tensors stored as external data ----------
+# --- the ONNX walk that finds tensors stored as external data ------------------------------------
+# onnxruntime reads such tensors from files the sha256 checks do not cover (relative to the working
+# folder for a graph loaded from bytes), so a bundle with any is refused. By hand, with gptmed-core's
+# wire-format walk: protobuf's schema-less walk is ~100x slower on a 40 MB graph (it copies every
+# nested message) and onnx is no runtime dependency (bench/protobuf_readers.py).
+# Field numbers are those of onnx.proto.
 
 
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise BundleError("truncated ONNX protobuf", hint="re-export the bundle")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
-    """Yield (field_number, wire_type, value) of one message; value is an int or a memoryview."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield num, wire, value
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise BundleError("truncated ONNX protobuf", hint="re-export the bundle")
-            yield num, wire, buf[pos : pos + length]
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise BundleError(f"not an ONNX model (protobuf wire type {wire})", hint="re-export the bundle")
+def _messages(buf: memoryview, *numbers: int) -> Iterator[tuple[int, memoryview]]:
+    """(field number, nested message) of the length-delimited fields ``numbers`` of ``buf``."""
+    for num, wire, value in fields(buf):
+        if wire == LEN and num in numbers and isinstance(value, memoryview):
+            yield num, value
 
 
 def _tensor_external(buf: memoryview, found: set[str]) -> None:
     location = b""
     external = False
-    for num, wire, value in _fields(buf):
-        if num == 14 and wire == 0 and value == 1:  # data_location = EXTERNAL
+    for num, wire, value in fields(buf):
+        if num == 14 and wire == VARINT and value == 1:  # data_location = EXTERNAL
             external = True
-        elif num == 13 and wire == 2:  # external_data entry (StringStringEntryProto)
+        elif (
+            num == 13 and wire == LEN and isinstance(value, memoryview)
+        ):  # external_data entry (StringStringEntryProto)
             external = True
-            entry = dict((n, bytes(v)) for n, w, v in _fields(value) if w == 2)
+            entry = {n: bytes(v) for n, v in _messages(value, 1, 2)}
             if entry.get(1) == b"location":
                 location = entry.get(2, b"")
     if external:
@@ -270,43 +248,35 @@ def _tensor_external(buf: memoryview, found: set[str]) -> None:
 
 
 def _graph_external(buf: memoryview, found: set[str]) -> None:
-    for num, wire, value in _fields(buf):
-        if wire != 2:
-            continue
+    for num, value in _messages(buf, 1, 5, 15):
         if num == 5:  # initializer
             _tensor_external(value, found)
         elif num == 15:  # sparse_initializer: values=1, indices=2
-            for n, w, v in _fields(value):
-                if w == 2 and n in (1, 2):
-                    _tensor_external(v, found)
-        elif num == 1:  # node
+            for _, tensor in _messages(value, 1, 2):
+                _tensor_external(tensor, found)
+        else:  # node
             _node_external(value, found)
 
 
 def _node_external(buf: memoryview, found: set[str]) -> None:
-    for num, wire, value in _fields(buf):
-        if num != 5 or wire != 2:  # attribute
-            continue
-        for n, w, v in _fields(value):
-            if w != 2:
-                continue
+    for _, attribute in _messages(buf, 5):
+        for n, v in _messages(attribute, 5, 6, 10, 11):
             if n in (5, 11):  # t, tensors
                 _tensor_external(v, found)
-            elif n in (6, 10):  # g, graphs
+            else:  # g, graphs
                 _graph_external(v, found)
 
 
 def find_external_data(model: bytes) -> set[str]:
     """Locations of tensors in the serialized ONNX ``model`` that live in external files."""
     found: set[str] = set()
-    buf = memoryview(model)
-    for num, wire, value in _fields(buf):
-        if wire != 2:
-            continue
-        if num == 7:  # graph
-            _graph_external(value, found)
-        elif num == 25:  # functions: FunctionProto.node = 7
-            for n, w, v in _fields(value):
-                if n == 7 and w == 2:
-                    _node_external(v, found)
+    try:
+        for num, value in _messages(memoryview(model), 7, 25):
+            if num == 7:  # graph
+                _graph_external(value, found)
+            else:  # functions: FunctionProto.node = 7
+                for _, node in _messages(value, 7):
+                    _node_external(node, found)
+    except WireError as exc:
+        raise BundleError(f"not an ONNX model ({exc})", hint="re-export the bundle") from None
     return found
