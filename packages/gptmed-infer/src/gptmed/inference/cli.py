@@ -346,6 +346,14 @@ def main() -> None:
     """Export bundles, evaluate them and serve them (gptmed's torch-free runtime)."""
 
 
+def _needs_export_extra(exc: ImportError) -> GptmedError:
+    """One line for a missing torch/onnx/gptmed-model: the module that is missing, then the fix."""
+    missing = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc  # the torch backend re-raises
+    return GptmedError(
+        f"export needs the [export] extra ({missing})", hint='pip install "gptmed-infer[export]"'
+    )
+
+
 @contextlib.contextmanager
 def _stage_bar(label: str) -> Iterator[Callable[[int, int, str], None]]:
     """A ``progress(done, total, stage)`` callback drawing a tqdm bar over a library call's stages
@@ -396,9 +404,7 @@ def export_cmd(
         try:
             from gptmed.inference.export import INT8_MIN_AGREEMENT, export_bundle_report
         except ImportError as exc:
-            raise GptmedError(
-                f"export needs the [export] extra ({exc})", hint='pip install "gptmed-infer[export]"'
-            ) from None
+            raise _needs_export_extra(exc) from None
         if not Path(checkpoint).exists():
             raise _not_found(Path(checkpoint), "--checkpoint", bundles=False)
         try:
@@ -414,9 +420,7 @@ def export_cmd(
                     progress=progress,
                 )
         except ImportError as exc:
-            raise GptmedError(
-                f"export needs the [export] extra ({exc})", hint='pip install "gptmed-infer[export]"'
-            ) from None
+            raise _needs_export_extra(exc) from None
         if as_json:
             click.echo(
                 json.dumps(
