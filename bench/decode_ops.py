@@ -32,8 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from gptmed.inference.backends import OnnxBackend, _session_options
-from gptmed.inference.bundle import load_bundle
-from gptmed.inference.graph import kv_head_dim
+from gptmed.inference.bundle import kv_head_dim, load_bundle
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

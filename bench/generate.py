@@ -67,8 +67,8 @@ def build(workdir: Path, size: str) -> tuple[Path, Path]:
     """(checkpoint, bundle) for the preset ``size`` with random weights, cached in ``workdir``."""
     import torch
     from gptmed.core import BundleManifest, CheckpointManifest, get_config
+    from gptmed.inference.bundle import GRAPH_LAYOUT
     from gptmed.inference.export import export_bundle
-    from gptmed.inference.graph import GRAPH_LAYOUT
     from gptmed.model import GPTTransformer
     from gptmed.tokenizer import Tokenizer, train_tokenizer
 
@@ -341,7 +341,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from gptmed.inference import TextGenerator
-    from gptmed.inference.torch_backend import load_checkpoint_model
+    from gptmed.inference.export.torch_backend import load_checkpoint_model
 
     ckpt, bundle = build(args.workdir, args.size)
     model, _ = load_checkpoint_model(ckpt)

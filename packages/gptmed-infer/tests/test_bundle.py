@@ -105,6 +105,12 @@ def test_inline_bundle_has_no_external_data(artifacts) -> None:  # type: ignore[
     assert find_external_data((artifacts.bundle / "model.onnx").read_bytes()) == set()
 
 
+def test_a_cut_graph_is_not_an_onnx_model(artifacts) -> None:  # type: ignore[no-untyped-def]
+    data = (artifacts.bundle / "model.onnx").read_bytes()
+    with pytest.raises(BundleError, match=r"not an ONNX model \(field 7 runs past the end"):
+        find_external_data(data[: len(data) // 2])
+
+
 def test_graph_io_differing_from_manifest_fails_at_load(copy: Path) -> None:
     import onnx
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gptmed.inference.cli import _sampling, generate_main, main
+from gptmed.inference.cli import _unescape, generate_main, main
 
 
 def _run(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -134,7 +134,7 @@ def test_a_too_long_question_in_a_prompts_file_is_named_by_its_place(artifacts, 
     [("é", "é"), ("Ответ", "Ответ"), ("\\nQ:", "\nQ:"), ("\\", "\\"), ("\\x", "\\x"), ("a\\\\n", "a\\n")],
 )
 def test_stop_values_keep_their_text_and_only_known_escapes(stop: str, expected: str) -> None:
-    assert _sampling({"stop": (stop,)})["stop"] == (expected,)  # 'é' became 'Ã©'; '\\' raised
+    assert _unescape(stop) == expected  # 'é' became 'Ã©'; '\\' raised
 
 
 def test_stop_with_a_lone_backslash_answers(artifacts) -> None:  # type: ignore[no-untyped-def]

@@ -48,10 +48,11 @@ def test_int8_gate_recorded_with_threshold(artifacts) -> None:  # type: ignore[n
 
 def test_failed_parity_gate_leaves_no_bundle(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from gptmed.inference import export
+    from gptmed.inference.export import writer
 
     real = export.check_parity
     monkeypatch.setattr(
-        export, "check_parity", lambda t, o, p: real(t, o, p, atol=-1.0)
+        writer, "check_parity", lambda t, o, p: real(t, o, p, atol=-1.0)
     )  # impossible tolerance
     out = tmp_path / "bundle"
     with pytest.raises(export.ParityError, match="parity gate failed"):
@@ -62,30 +63,33 @@ def test_failed_parity_gate_leaves_no_bundle(artifacts, tmp_path: Path, monkeypa
 
 def test_an_interrupted_export_leaves_no_staging_folder(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from gptmed.inference import export
+    from gptmed.inference.export import writer
 
     def interrupted(*_args: object) -> None:
         raise KeyboardInterrupt  # also SystemExit: gptmed-core's cli_errors turns SIGTERM into one
 
-    monkeypatch.setattr(export, "check_parity", interrupted)
+    monkeypatch.setattr(writer, "check_parity", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export.export_bundle(artifacts.checkpoint, tmp_path / "ex6")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_interrupted_replace_puts_the_previous_bundle_back(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
     from gptmed.inference import export
 
     out = tmp_path / "bundle"
     shutil.copytree(artifacts.bundle, out)
     before = (out / "gptmed.json").read_bytes()
-    real = export.os.replace
+    real = os.replace
 
     def replace(src: Any, dst: Any) -> None:
         if Path(dst) == out and Path(src).name.startswith(".bundle.tmp-"):
             raise KeyboardInterrupt  # the old bundle was moved aside; the new one is not in place yet
         real(src, dst)
 
-    monkeypatch.setattr(export.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         export.export_bundle(artifacts.checkpoint, out)
     monkeypatch.undo()
@@ -279,3 +283,92 @@ def test_bundle_of_another_graph_layout_is_refused(artifacts, tmp_path: Path) ->
         TextGenerator.from_bundle(out)
     info = CliRunner().invoke(infer_cli, ["info", str(out)])  # "verify a bundle" says so too
     assert info.exit_code == 1 and "graph layout is None" in info.output, info.output
+
+
+def test_out_under_a_file_is_one_line_naming_the_file(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "afile").write_text("not a folder")
+    args = ["export", "--checkpoint", str(artifacts.checkpoint), "--out", str(tmp_path / "afile" / "b")]
+    r = CliRunner().invoke(infer_cli, args)
+    assert r.exit_code == 1
+    blocker = tmp_path / "afile"
+    # was: "Error: [Errno 17] File exists: '.../afile'"
+    assert (
+        r.output
+        == f"Error: cannot create the bundle's parent folder {blocker}: {blocker} is a file; choose another path\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_a_failed_export_removes_the_folders_it_made(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.inference import export
+    from gptmed.inference.export import writer
+
+    real = export.check_parity
+    monkeypatch.setattr(writer, "check_parity", lambda t, o, p: real(t, o, p, atol=-1.0))
+    with pytest.raises(export.ParityError):
+        export.export_bundle(artifacts.checkpoint, tmp_path / "runs" / "today" / "bundle")
+    assert list(tmp_path.iterdir()) == []  # was: runs/today/ left behind
+
+
+def test_export_reports_its_stages(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from gptmed.inference.export import export_bundle_report, export_stages
+
+    seen: list[tuple[int, int, str]] = []
+    report = export_bundle_report(
+        artifacts.checkpoint, tmp_path / "b", quantize="int8", progress=lambda *a: seen.append(a)
+    )
+    stages = export_stages("int8")
+    assert stages == [
+        "loading the checkpoint",
+        "writing model.onnx",
+        "parity gate",
+        "int8 gate",
+        "writing the bundle",
+    ]
+    assert seen == [(n, 5, name) for n, name in enumerate(stages)] + [(5, 5, "done")]
+    assert report.int8 is not None and (tmp_path / "b" / "model.int8.onnx").is_file()
+    assert len(export_stages(None)) == 4
+
+
+def test_export_progress_bar_is_drawn_on_a_terminal_only(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    code = "import sys; from gptmed.inference.cli import main; sys.argv[0] = 'gptmed-infer'; main()"
+    args = [sys.executable, "-c", code, "export", "--checkpoint", str(artifacts.checkpoint)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    piped = subprocess.run([*args, "--out", "piped"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == ""  # no bar in a log or a pipe
+    assert piped.stdout.startswith("✓ bundle written to piped")
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    try:
+        proc = subprocess.run(
+            [*args, "--out", "tty"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            env=env,
+            timeout=300,
+        )
+        os.close(secondary)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0
+    text = drawn.decode("utf-8", "replace")
+    assert "export" in text and "parity gate" in text and "stage" in text, text

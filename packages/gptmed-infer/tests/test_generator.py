@@ -170,7 +170,7 @@ def test_checkpoint_tokenizer_is_verified_by_sha256(artifacts, tmp_path) -> None
     from conftest import save_checkpoint
     from gptmed.core import ManifestError, QAPair, write_qa_text
     from gptmed.inference import TextGenerator
-    from gptmed.inference.torch_backend import load_checkpoint_model
+    from gptmed.inference.export.torch_backend import load_checkpoint_model
     from gptmed.tokenizer import Tokenizer, train_tokenizer
 
     write_qa_text(
@@ -203,7 +203,7 @@ def test_a_retrained_or_moved_recorded_tokenizer(artifacts, tmp_path) -> None:  
     from conftest import save_checkpoint
     from gptmed.core import QAPair, TokenizerError, write_qa_text
     from gptmed.inference import TextGenerator
-    from gptmed.inference.torch_backend import load_checkpoint_model
+    from gptmed.inference.export.torch_backend import load_checkpoint_model
     from gptmed.tokenizer import Tokenizer, train_tokenizer
 
     (tmp_path / "tok").mkdir()

@@ -16,8 +16,8 @@ ort = pytest.importorskip("onnxruntime")
     [("gelu", True, 32), ("gelu_tanh", True, 32), ("gelu", False, 48), ("gelu_tanh", False, 48)],
 )
 def test_graph_matches_torch_prefill_and_decode(activation: str, use_rope: bool, d_model: int) -> None:
-    from gptmed.inference.export import graph_weights
-    from gptmed.inference.graph import build_graph, kv_head_dim
+    from gptmed.inference.bundle import kv_head_dim
+    from gptmed.inference.export.graph import build_graph, graph_weights
     from gptmed.model import GPTTransformer
 
     cfg = ModelConfig(
@@ -65,8 +65,8 @@ def test_graph_matches_torch_prefill_and_decode(activation: str, use_rope: bool,
 
 def test_num_logits_to_keep_returns_the_last_positions() -> None:
     """k = 0: every position; k: the last k, equal to those of the full run; k > T: all T."""
-    from gptmed.inference.export import graph_weights
-    from gptmed.inference.graph import build_graph, kv_head_dim
+    from gptmed.inference.bundle import kv_head_dim
+    from gptmed.inference.export.graph import build_graph, graph_weights
     from gptmed.model import GPTTransformer
 
     cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16, dropout=0.0)

@@ -4,7 +4,9 @@
 
 Asserts torch (and onnx) cannot be imported, that gptmed.inference comes from site-packages
 (not the source tree), loads the bundle (sha256-verified) and answers QUESTION greedily; with
-EXPECTED the answer must equal it. Also runs the gptmed-generate console script. Exit 0 = pass.
+EXPECTED the answer must equal it. Also runs the gptmed-generate console script, and checks that
+the torch side (gptmed.inference.export) is in the wheel and that `gptmed-infer export` says in
+one line that it needs the [export] extra. Exit 0 = pass.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -47,7 +50,28 @@ def main() -> None:
         check=True,
     ).stdout.strip()
     assert out == answer, (out, answer)
+    check_export_needs_the_extra(Path(script).with_name("gptmed-infer"))
     print("wheel check passed: torch-free install answers from the bundle")
+
+
+def check_export_needs_the_extra(infer: Path) -> None:
+    """The torch side ships in the wheel, imports without torch, and export fails in one line."""
+    import gptmed.inference.export as ex
+
+    assert "site-packages" in (ex.__file__ or ""), ex.__file__
+    assert "torch" not in sys.modules and "onnx" not in sys.modules
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "model.pt"
+        ckpt.write_bytes(b"not read: torch is missing first")
+        r = subprocess.run(
+            [str(infer), "export", "--checkpoint", str(ckpt), "--out", str(Path(tmp) / "runs" / "bundle")],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "needs the [export] extra" in lines[0], r.stderr
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["model.pt"]  # nothing left behind
 
 
 if __name__ == "__main__":

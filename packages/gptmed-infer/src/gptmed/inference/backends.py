@@ -10,7 +10,7 @@ A backend answers three calls on numpy arrays:
 * ``forward(input_ids, attention_mask) -> logits (B, T, V)``: every position (for eval).
 
 :class:`OnnxBackend` (onnxruntime, no torch) lives here; the torch backend is in
-:mod:`gptmed.inference.torch_backend` and is imported only when a torch model is given.
+:mod:`gptmed.inference.export.torch_backend` and is imported only when a torch model is given.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from gptmed.core import BundleError, ModelConfig
-from gptmed.inference.bundle import Bundle
-from gptmed.inference.graph import kv_head_dim
+from gptmed.inference.bundle import Bundle, kv_head_dim
 
 __all__ = ["Backend", "OnnxBackend", "position_ids_from_mask"]
 
@@ -99,7 +98,7 @@ def _right_aligned(
 class OnnxBackend:
     """An onnxruntime session over a verified bundle graph (thread-safe: state lives per call).
 
-    The graph (:mod:`gptmed.inference.graph`) keeps each row's keys at cache positions
+    The graph (:mod:`gptmed.inference.export.graph`) keeps each row's keys at cache positions
     ``0..len-1`` (right padding) and appends in place, so the backend binds one buffer per layer
     as both past and present: the KV cache is never copied, not even inside the graph.
     Callers may still pass left-padded batches; rows are realigned here and logits mapped back.

@@ -17,9 +17,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from gptmed.core import BundleError, BundleManifest, sha256_file
+from gptmed.core import BundleError, BundleManifest, ModelConfig, sha256_file
+from gptmed.core.protowire import LEN, VARINT, WireError, fields
 
 __all__ = [
     "BUNDLE_MANIFEST",
@@ -31,6 +31,7 @@ __all__ = [
     "Bundle",
     "expected_io_names",
     "find_external_data",
+    "kv_head_dim",
     "load_bundle",
 ]
 
@@ -56,6 +57,13 @@ def expected_io_names(n_layers: int) -> tuple[list[str], list[str]]:
         inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         outputs += [f"present.{i}.key", f"present.{i}.value"]
     return inputs, outputs
+
+
+def kv_head_dim(config: ModelConfig) -> int:
+    """Head size of the graph's KV cache: the model's, rounded up to a multiple of 16
+    (``GroupQueryAttention`` needs multiples of 8, and of 16 when it applies RoPE; the exporter
+    pads the extra dims with zeros, :mod:`gptmed.inference.export.graph`)."""
+    return -(-config.head_dim // 16) * 16
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,62 @@ def _verify_file(path: Path, expected: str, manifest_path: Path) -> None:
         )
 
 
+def _locate(p: Path, variant: str | None) -> tuple[Path, str]:
+    """(bundle folder, graph file name) for ``path`` and ``variant`` (see :func:`load_bundle`)."""
+    if p.suffix == ".onnx":
+        return p.parent, p.name
+    if variant in ("int8", "quantized"):
+        return p, MODEL_INT8_FILE
+    if variant not in (None, "fp32"):
+        raise BundleError(f"unknown bundle variant {variant!r}", hint="use fp32 or int8")
+    return p, MODEL_FILE
+
+
+def _verify_checksums(root: Path, manifest: BundleManifest, model_file: str, data: bytes) -> None:
+    """The chosen graph's bytes and every other file but the other graphs match the manifest."""
+    manifest_path = root / BUNDLE_MANIFEST
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.files[model_file]:
+        raise BundleError(
+            f"{model_file} does not match its sha256 in {BUNDLE_MANIFEST} "
+            f"(expected {manifest.files[model_file][:12]}..., got {digest[:12]}...)",
+            where=str(root / model_file),
+            hint="the file was modified or corrupted; re-export the bundle",
+        )
+    for name, expected in manifest.files.items():
+        if name.endswith(".onnx"):
+            continue  # graphs other than the chosen one are not loaded
+        _verify_file(root / name, expected, manifest_path)
+    if manifest.tokenizer_sha256 and manifest.files.get(TOKENIZER_FILE) not in (
+        None,
+        manifest.tokenizer_sha256,
+    ):
+        raise BundleError(
+            f"{TOKENIZER_FILE} sha256 differs from the manifest's tokenizer_sha256",
+            where=str(manifest_path),
+            hint="re-export the bundle",
+        )
+
+
+def _check_graph_contract(root: Path, manifest: BundleManifest) -> None:
+    """The manifest describes the graph this runtime drives: its I/O names and layout tag."""
+    exp_in, exp_out = expected_io_names(manifest.model_config.n_layers)
+    if list(manifest.inputs) != exp_in or list(manifest.outputs) != exp_out:
+        raise BundleError(
+            f"manifest I/O names do not describe a {manifest.model_config.n_layers}-layer KV-cache graph "
+            f"(inputs {manifest.inputs[:4]}..., outputs {manifest.outputs[:3]}...)",
+            where=str(root / BUNDLE_MANIFEST),
+            hint="re-export the bundle with this version of gptmed-infer",
+        )
+    layout = manifest.extra.get("graph_layout")
+    if layout != GRAPH_LAYOUT:
+        raise BundleError(
+            f"the bundle's graph layout is {layout!r}; this gptmed-infer runs {GRAPH_LAYOUT!r}",
+            where=str(root),
+            hint="re-export it: gptmed-infer export --checkpoint CKPT --out BUNDLE",
+        )
+
+
 def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify: bool = True) -> Bundle:
     """Load the bundle at ``path`` (its folder, or one of its ``.onnx`` files) and verify it.
 
@@ -107,15 +171,7 @@ def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify
     path to an ``.onnx`` file chooses that file. Raises :class:`gptmed.core.BundleError`.
     """
     p = Path(path)
-    model_file = MODEL_FILE
-    if p.suffix == ".onnx":
-        root, model_file = p.parent, p.name
-    else:
-        root = p
-        if variant in ("int8", "quantized"):
-            model_file = MODEL_INT8_FILE
-        elif variant not in (None, "fp32"):
-            raise BundleError(f"unknown bundle variant {variant!r}", hint="use fp32 or int8")
+    root, model_file = _locate(p, variant)
     if not root.exists():
         raise BundleError(
             "bundle not found", where=str(p), hint="export one with: gptmed-infer export --out DIR"
@@ -138,33 +194,12 @@ def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify
             if model_file == MODEL_INT8_FILE
             else None,
         )
-    tokenizer_path = root / TOKENIZER_FILE
     model_path = root / model_file
     if not model_path.is_file():
         raise BundleError(f"{model_file} is missing", where=str(root), hint="re-export the bundle")
     data = model_path.read_bytes()
     if verify:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != manifest.files[model_file]:
-            raise BundleError(
-                f"{model_file} does not match its sha256 in {BUNDLE_MANIFEST} "
-                f"(expected {manifest.files[model_file][:12]}..., got {digest[:12]}...)",
-                where=str(model_path),
-                hint="the file was modified or corrupted; re-export the bundle",
-            )
-        for name, expected in manifest.files.items():
-            if name.endswith(".onnx"):
-                continue  # graphs other than the chosen one are not loaded
-            _verify_file(root / name, expected, manifest_path)
-        if manifest.tokenizer_sha256 and manifest.files.get(TOKENIZER_FILE) not in (
-            None,
-            manifest.tokenizer_sha256,
-        ):
-            raise BundleError(
-                f"{TOKENIZER_FILE} sha256 differs from the manifest's tokenizer_sha256",
-                where=str(manifest_path),
-                hint="re-export the bundle",
-            )
+        _verify_checksums(root, manifest, model_file, data)
     external = find_external_data(data)
     if external:
         raise BundleError(
@@ -173,75 +208,39 @@ def load_bundle(path: str | os.PathLike[str], variant: str | None = None, verify
             where=str(model_path),
             hint="re-export with gptmed-infer export (which never writes external data)",
         )
-    if not tokenizer_path.is_file():
+    if not (root / TOKENIZER_FILE).is_file():
         raise BundleError(f"{TOKENIZER_FILE} is missing", where=str(root), hint="re-export the bundle")
-    exp_in, exp_out = expected_io_names(manifest.model_config.n_layers)
-    if list(manifest.inputs) != exp_in or list(manifest.outputs) != exp_out:
-        raise BundleError(
-            f"manifest I/O names do not describe a {manifest.model_config.n_layers}-layer KV-cache graph "
-            f"(inputs {manifest.inputs[:4]}..., outputs {manifest.outputs[:3]}...)",
-            where=str(manifest_path),
-            hint="re-export the bundle with this version of gptmed-infer",
-        )
-    layout = manifest.extra.get("graph_layout")
-    if layout != GRAPH_LAYOUT:
-        raise BundleError(
-            f"the bundle's graph layout is {layout!r}; this gptmed-infer runs {GRAPH_LAYOUT!r}",
-            where=str(root),
-            hint="re-export it: gptmed-infer export --checkpoint CKPT --out BUNDLE",
-        )
+    _check_graph_contract(root, manifest)
     _log.debug("bundle %s verified (%s, %d files)", root, model_file, len(manifest.files))
-    return Bundle(root, manifest, model_file, data, tokenizer_path)
+    return Bundle(root, manifest, model_file, data, root / TOKENIZER_FILE)
 
 
-# --- a minimal protobuf walk (no onnx import) to find tensors stored as external data ----------
+# --- the ONNX walk that finds tensors stored as external data ------------------------------------
+# onnxruntime reads such tensors from files the sha256 checks do not cover (relative to the working
+# folder for a graph loaded from bytes), so a bundle with any is refused. By hand, with gptmed-core's
+# wire-format walk: protobuf's schema-less walk is ~100x slower on a 40 MB graph (it copies every
+# nested message) and onnx is no runtime dependency (bench/protobuf_readers.py).
+# Field numbers are those of onnx.proto.
 
 
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise BundleError("truncated ONNX protobuf", hint="re-export the bundle")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
-    """Yield (field_number, wire_type, value) of one message; value is an int or a memoryview."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield num, wire, value
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise BundleError("truncated ONNX protobuf", hint="re-export the bundle")
-            yield num, wire, buf[pos : pos + length]
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise BundleError(f"not an ONNX model (protobuf wire type {wire})", hint="re-export the bundle")
+def _messages(buf: memoryview, *numbers: int) -> Iterator[tuple[int, memoryview]]:
+    """(field number, nested message) of the length-delimited fields ``numbers`` of ``buf``."""
+    for num, wire, value in fields(buf):
+        if wire == LEN and num in numbers and isinstance(value, memoryview):
+            yield num, value
 
 
 def _tensor_external(buf: memoryview, found: set[str]) -> None:
     location = b""
     external = False
-    for num, wire, value in _fields(buf):
-        if num == 14 and wire == 0 and value == 1:  # data_location = EXTERNAL
+    for num, wire, value in fields(buf):
+        if num == 14 and wire == VARINT and value == 1:  # data_location = EXTERNAL
             external = True
-        elif num == 13 and wire == 2:  # external_data entry (StringStringEntryProto)
+        elif (
+            num == 13 and wire == LEN and isinstance(value, memoryview)
+        ):  # external_data entry (StringStringEntryProto)
             external = True
-            entry = dict((n, bytes(v)) for n, w, v in _fields(value) if w == 2)
+            entry = {n: bytes(v) for n, v in _messages(value, 1, 2)}
             if entry.get(1) == b"location":
                 location = entry.get(2, b"")
     if external:
@@ -249,43 +248,35 @@ def _tensor_external(buf: memoryview, found: set[str]) -> None:
 
 
 def _graph_external(buf: memoryview, found: set[str]) -> None:
-    for num, wire, value in _fields(buf):
-        if wire != 2:
-            continue
+    for num, value in _messages(buf, 1, 5, 15):
         if num == 5:  # initializer
             _tensor_external(value, found)
         elif num == 15:  # sparse_initializer: values=1, indices=2
-            for n, w, v in _fields(value):
-                if w == 2 and n in (1, 2):
-                    _tensor_external(v, found)
-        elif num == 1:  # node
+            for _, tensor in _messages(value, 1, 2):
+                _tensor_external(tensor, found)
+        else:  # node
             _node_external(value, found)
 
 
 def _node_external(buf: memoryview, found: set[str]) -> None:
-    for num, wire, value in _fields(buf):
-        if num != 5 or wire != 2:  # attribute
-            continue
-        for n, w, v in _fields(value):
-            if w != 2:
-                continue
+    for _, attribute in _messages(buf, 5):
+        for n, v in _messages(attribute, 5, 6, 10, 11):
             if n in (5, 11):  # t, tensors
                 _tensor_external(v, found)
-            elif n in (6, 10):  # g, graphs
+            else:  # g, graphs
                 _graph_external(v, found)
 
 
 def find_external_data(model: bytes) -> set[str]:
     """Locations of tensors in the serialized ONNX ``model`` that live in external files."""
     found: set[str] = set()
-    buf = memoryview(model)
-    for num, wire, value in _fields(buf):
-        if wire != 2:
-            continue
-        if num == 7:  # graph
-            _graph_external(value, found)
-        elif num == 25:  # functions: FunctionProto.node = 7
-            for n, w, v in _fields(value):
-                if n == 7 and w == 2:
-                    _node_external(v, found)
+    try:
+        for num, value in _messages(memoryview(model), 7, 25):
+            if num == 7:  # graph
+                _graph_external(value, found)
+            else:  # functions: FunctionProto.node = 7
+                for _, node in _messages(value, 7):
+                    _node_external(node, found)
+    except WireError as exc:
+        raise BundleError(f"not an ONNX model ({exc})", hint="re-export the bundle") from None
     return found

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +118,55 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text)
 
 
-def _sampling(ctx_params: dict[str, Any]) -> dict[str, Any]:
-    keys = ("max_length", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
-    params = {k: ctx_params[k] for k in keys if ctx_params.get(k) is not None}
-    if ctx_params.get("stop"):
-        params["stop"] = tuple(_unescape(s) for s in ctx_params["stop"])
-    return params
+@dataclass(frozen=True)
+class _Sampling:
+    """gptmed-generate's sampling flags; ``None`` leaves the bundle's default (stop: ``None`` too)."""
+
+    max_length: int | None
+    temperature: float | None
+    top_k: int | None
+    top_p: float | None
+    repetition_penalty: float | None
+    seed: int | None
+    stop: tuple[str, ...] | None
+
+    def answers(self, gen: Any, prompts: list[str]) -> list[str]:
+        """``gen.generate_batch(prompts)`` with these settings."""
+        answers: list[str] = gen.generate_batch(
+            prompts,
+            max_length=self.max_length,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+            stop=self.stop,
+        )
+        return answers
+
+    def stream(self, gen: Any, prompt: str) -> Iterator[str]:
+        """``gen.stream(prompt)`` with these settings."""
+        pieces: Iterator[str] = gen.stream(
+            prompt,
+            max_length=self.max_length,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+            stop=self.stop,
+        )
+        return pieces
+
+
+@dataclass(frozen=True)
+class _Output:
+    """How gptmed-generate prints: ``flags`` questions came from --prompt (the rest from a file)."""
+
+    flags: int
+    stream: bool
+    as_json: bool
+    batch_size: int
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -173,27 +219,51 @@ def _sampling(ctx_params: dict[str, Any]) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per answer (prompt, answer).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="gptmed-generate")
-def generate_main(**kw: Any) -> None:
+def generate_main(
+    checkpoint: str,
+    tokenizer: str | None,
+    prompts: tuple[str, ...],
+    prompts_file: str | None,
+    interactive: bool,
+    max_length: int | None,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float | None,
+    seed: int | None,
+    stop: tuple[str, ...],
+    stream: bool,
+    batch_size: int,
+    int8: bool,
+    threads: int | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Answer questions with a trained gptmed model (bundle: onnxruntime, no torch; .pt: torch)."""
-    debug = kw["debug"]
     with cli_errors(debug):
-        prompts = list(kw["prompts"])
-        if kw["prompts_file"]:
-            prompts += _read_prompts(kw["prompts_file"])
-        elif not prompts and not kw["interactive"] and not sys.stdin.isatty():
-            prompts += _read_prompts("-", required=False)
-        if not prompts and not kw["interactive"]:
+        questions = list(prompts)
+        if prompts_file:
+            questions += _read_prompts(prompts_file)
+        elif not questions and not interactive and not sys.stdin.isatty():
+            questions += _read_prompts("-", required=False)
+        if not questions and not interactive:
             raise click.UsageError(
                 "give --prompt TEXT, --prompts-file FILE (or '-' for stdin), or --interactive"
             )
-        gen = _open_generator(
-            kw["checkpoint"], kw["tokenizer"], "int8" if kw["int8"] else None, kw["threads"]
+        gen = _open_generator(checkpoint, tokenizer, "int8" if int8 else None, threads)
+        sampling = _Sampling(
+            max_length=max_length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=tuple(_unescape(s) for s in stop) or None,
         )
-        params = _sampling(kw)
-        if prompts:
-            _answer_all(gen, prompts, params, kw)
-        if kw["interactive"]:
-            _interactive(gen, params, kw)
+        if questions:
+            _answer_all(gen, questions, sampling, _Output(len(prompts), stream, as_json, batch_size))
+        if interactive:
+            _interactive(gen, sampling)
 
 
 def _emit(prompt: str, answer: str, as_json: bool, single: bool) -> None:
@@ -217,18 +287,17 @@ def _subject(index: int, prompts: list[str], flags: int) -> str:
     return f"question {index - flags + 1} ({shown!r})"
 
 
-def _answer_all(gen: Any, prompts: list[str], params: dict[str, Any], kw: dict[str, Any]) -> None:
+def _answer_all(gen: Any, prompts: list[str], sampling: _Sampling, out: _Output) -> None:
     from gptmed.inference.generator import PromptError
 
-    single = len(prompts) == 1 and len(kw["prompts"]) == 1  # one --prompt: the bare answer
-    flags = len(kw["prompts"])
-    if kw["stream"] and not kw["as_json"]:
+    single = len(prompts) == 1 and out.flags == 1  # one --prompt: the bare answer
+    if out.stream and not out.as_json:
         for n, prompt in enumerate(prompts):
-            pieces = gen.stream(prompt, **params)
+            pieces = sampling.stream(gen, prompt)
             try:
                 first = next(pieces, "")  # a prompt that cannot run fails here, before its "Q:"
             except PromptError as exc:
-                raise GptmedError(exc.about(_subject(n, prompts, flags))) from None
+                raise GptmedError(exc.about(_subject(n, prompts, out.flags))) from None
             if not single:
                 click.echo(f"Q: {prompt}\nA: ", nl=False)
             click.echo(first, nl=False)
@@ -237,17 +306,17 @@ def _answer_all(gen: Any, prompts: list[str], params: dict[str, Any], kw: dict[s
             click.echo("\n" if not single else "")
         return
 
-    for start in range(0, len(prompts), kw["batch_size"]):
-        chunk = prompts[start : start + kw["batch_size"]]
+    for start in range(0, len(prompts), out.batch_size):
+        chunk = prompts[start : start + out.batch_size]
         try:
-            answers = gen.generate_batch(chunk, **params)
+            answers = sampling.answers(gen, chunk)
         except PromptError as exc:
-            raise GptmedError(exc.about(_subject(start + exc.row, prompts, flags))) from None
+            raise GptmedError(exc.about(_subject(start + exc.row, prompts, out.flags))) from None
         for prompt, answer in zip(chunk, answers, strict=True):
-            _emit(prompt, answer, kw["as_json"], single)
+            _emit(prompt, answer, out.as_json, single)
 
 
-def _interactive(gen: Any, params: dict[str, Any], kw: dict[str, Any]) -> None:
+def _interactive(gen: Any, sampling: _Sampling) -> None:
     click.echo("Ask a question (Ctrl-D or 'exit' to quit).", err=True)
     while True:
         try:
@@ -261,7 +330,7 @@ def _interactive(gen: Any, params: dict[str, Any], kw: dict[str, Any]) -> None:
             continue
         try:
             click.echo("A: ", nl=False)
-            for piece in gen.stream(question, **params):
+            for piece in sampling.stream(gen, question):
                 click.echo(piece, nl=False)
             click.echo("\n")
         except ValueError as exc:  # a prompt that does not fit: say so and keep going
@@ -275,6 +344,30 @@ def _interactive(gen: Any, params: dict[str, Any], kw: dict[str, Any]) -> None:
 @click.version_option(__version__, prog_name="gptmed-infer")
 def main() -> None:
     """Export bundles, evaluate them and serve them (gptmed's torch-free runtime)."""
+
+
+def _needs_export_extra(exc: ImportError) -> GptmedError:
+    """One line for a missing torch/onnx/gptmed-model: the module that is missing, then the fix."""
+    missing = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc  # the torch backend re-raises
+    return GptmedError(
+        f"export needs the [export] extra ({missing})", hint='pip install "gptmed-infer[export]"'
+    )
+
+
+@contextlib.contextmanager
+def _stage_bar(label: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A ``progress(done, total, stage)`` callback drawing a tqdm bar over a library call's stages
+    (on a terminal only: ``disable=None`` keeps CI logs and pipes quiet); gone when the call ends."""
+    from tqdm import tqdm
+
+    with tqdm(desc=label, unit="stage", disable=None, leave=False) as bar:
+
+        def progress(done: int, total: int, stage: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(stage, refresh=False)
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 @main.command("export")
@@ -311,23 +404,23 @@ def export_cmd(
         try:
             from gptmed.inference.export import INT8_MIN_AGREEMENT, export_bundle_report
         except ImportError as exc:
-            raise GptmedError(
-                f"export needs the [export] extra ({exc})", hint='pip install "gptmed-infer[export]"'
-            ) from None
+            raise _needs_export_extra(exc) from None
         if not Path(checkpoint).exists():
             raise _not_found(Path(checkpoint), "--checkpoint", bundles=False)
         try:
-            report = export_bundle_report(
-                checkpoint,
-                out_dir,
-                tokenizer,
-                quantize,
-                min_int8_agreement=INT8_MIN_AGREEMENT if min_int8_agreement is None else min_int8_agreement,
-            )
+            with _stage_bar("export") as progress:
+                report = export_bundle_report(
+                    checkpoint,
+                    out_dir,
+                    tokenizer,
+                    quantize,
+                    min_int8_agreement=INT8_MIN_AGREEMENT
+                    if min_int8_agreement is None
+                    else min_int8_agreement,
+                    progress=progress,
+                )
         except ImportError as exc:
-            raise GptmedError(
-                f"export needs the [export] extra ({exc})", hint='pip install "gptmed-infer[export]"'
-            ) from None
+            raise _needs_export_extra(exc) from None
         if as_json:
             click.echo(
                 json.dumps(

@@ -132,7 +132,7 @@ class TextGenerator:
             path = Path(model)
             self.source = str(path)
             if path.suffix == ".pt" or (path.is_file() and path.suffix not in (".onnx", ".json")):
-                from gptmed.inference.torch_backend import TorchBackend, load_checkpoint_model
+                from gptmed.inference.export.torch_backend import TorchBackend, load_checkpoint_model
 
                 torch_model, ckpt_manifest = load_checkpoint_model(path, device or "cpu")
                 self.backend: Backend = TorchBackend(torch_model)
@@ -157,7 +157,7 @@ class TextGenerator:
         elif hasattr(model, "prefill") and hasattr(model, "decode"):
             self.backend = model  # a ready backend
         else:
-            from gptmed.inference.torch_backend import TorchBackend
+            from gptmed.inference.export.torch_backend import TorchBackend
 
             self.backend = TorchBackend(model, device=device)
             self.source = type(model).__name__

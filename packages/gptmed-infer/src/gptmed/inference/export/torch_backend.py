@@ -1,7 +1,7 @@
 """The torch backend of the same generator: a ``GPTTransformer`` with its KV cache.
 
-Imported only when a torch model or a ``.pt`` checkpoint is used; the ONNX runtime never loads
-this module. Logits go back to numpy so sampling is the one numpy implementation.
+Imported only when a torch model or a ``.pt`` checkpoint is used (and by the exporter's parity
+gate); the ONNX runtime never loads this module. Logits go back to numpy so sampling is the one numpy implementation.
 """
 
 from __future__ import annotations
