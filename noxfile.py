@@ -156,11 +156,28 @@ def layers(session: nox.Session) -> None:
     core_dir = session.run(
         "python", "-c", "import gptmed.core, os; print(os.path.dirname(gptmed.core.__file__))", silent=True
     )
-    injected = Path(str(core_dir).strip()) / "_injected_forbidden_import.py"
-    injected.write_text("import click  # noqa: F401  (forbidden in gptmed.core)\n", encoding="utf-8")
+    _expect_broken(session, config, str(core_dir).strip(), "import click", "gptmed.core")
+    # ... and the torch-free runtime: an 'import torch' in gptmed.inference (outside its export
+    # subpackage) must break them too.
+    if "infer" in PRESENT:
+        runtime_dir = session.run(
+            "python",
+            "-c",
+            "import gptmed.inference, os; print(os.path.dirname(gptmed.inference.__file__))",
+            silent=True,
+        )
+        _expect_broken(
+            session, config, str(runtime_dir).strip(), "import torch", "the gptmed.inference runtime"
+        )
+
+
+def _expect_broken(session: nox.Session, config: str, folder: str, statement: str, where: str) -> None:
+    """Inject ``statement`` as a module in ``folder`` and expect lint-imports to reject it."""
+    injected = Path(folder) / "_injected_forbidden_import.py"
+    injected.write_text(f"{statement}  # noqa: F401  (forbidden in {where})\n", encoding="utf-8")
     try:
         session.run("lint-imports", "--config", config, "--no-cache", success_codes=[1], silent=True)
-        session.log("an injected 'import click' in gptmed.core breaks the contracts: ok")
+        session.log(f"an injected '{statement}' in {where} breaks the contracts: ok")
     finally:
         injected.unlink()
 
