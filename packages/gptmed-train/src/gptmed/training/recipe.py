@@ -30,6 +30,7 @@ __all__ = [
     "fill_in",
     "measure_tokens_per_s",
     "non_embedding_parameters",
+    "preset_speeds",
 ]
 
 LR_AT_128 = 2e-3  # peak LR of a width-128 model at 8 sequences per step
@@ -121,6 +122,20 @@ def choose_model_size(
         f"the largest preset that sees >= {TOKENS_PER_PARAMETER:g} token per weight {how} "
         f"(tokens seen of needed: {', '.join(facts)})",
     )
+
+
+def preset_speeds(presets: dict[str, ModelConfig], device: str, *, batch_size: int) -> dict[str, float]:
+    """Training tokens per second of each preset on ``device`` (``auto``: CUDA when present),
+    measured with :func:`measure_tokens_per_s` at the presets' context (a CPU measures 4 rows)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = min(batch_size, 4) if device == "cpu" else batch_size
+    return {
+        name: measure_tokens_per_s(model, device, batch_size=batch, seq_len=model.max_seq_len)
+        for name, model in presets.items()
+    }
 
 
 def measure_tokens_per_s(model: ModelConfig, device: str, *, batch_size: int, seq_len: int) -> float:

@@ -130,9 +130,8 @@ def choose_size(tokenized: Path, options: PipelineOptions) -> Choice:
     (:func:`gptmed.training.recipe.choose_model_size`), fed with the tokenized corpus's real token
     count and, with a budget, each preset's training speed measured here."""
     import numpy as np
-    import torch
     from gptmed.core import PRESETS, DatasetManifest
-    from gptmed.training.recipe import choose_model_size, measure_tokens_per_s
+    from gptmed.training.recipe import choose_model_size, preset_speeds
 
     manifest = DatasetManifest.load(tokenized / "metadata.json")
     rows = np.load(tokenized / "train.npy", mmap_mode="r")
@@ -143,14 +142,7 @@ def choose_size(tokenized: Path, options: PipelineOptions) -> Choice:
     }
     speed = None
     if options.time_budget is not None:
-        device = (
-            options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
-        batch = min(options.batch_size, 4) if device == "cpu" else options.batch_size
-        speed = {
-            name: measure_tokens_per_s(model, device, batch_size=batch, seq_len=manifest.max_length)
-            for name, model in presets.items()
-        }
+        speed = preset_speeds(presets, options.device, batch_size=options.batch_size)
     return choose_model_size(
         presets,
         corpus_tokens=corpus_tokens,
