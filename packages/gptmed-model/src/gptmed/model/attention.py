@@ -227,6 +227,10 @@ def sdpa_attention(
 
 
 def _fallback(reason: str) -> None:
+    """Log each reason once. Not while compiling: a logger call breaks the graph (at every attention
+    call of a compiled model); eager calls log it."""
+    if torch.compiler.is_compiling():
+        return
     if reason not in _logged_fallbacks:
         _logged_fallbacks.add(reason)
         _log.info("fused attention falls back to sdpa: %s", reason)
