@@ -2,20 +2,18 @@
 """The FlashAttention backward kernels (layouts: :mod:`.flash_common`), without atomics.
 
 ``_bwd_delta_kernel`` computes ``delta = rowsum(dO * O)`` once. ``_bwd_dkdv_kernel`` owns a key block
-and loops over the query blocks that can see it, accumulating dK and dV; ``_bwd_dq_kernel`` owns a
-query block and loops over the key blocks it sees, accumulating dQ. Both recompute
-``P = exp2(q k^T * qk_scale - lse)`` from the forward's lse.
+and loops over the query blocks that can see it (dK, dV); ``_bwd_dq_kernel`` owns a query block and
+loops over the key blocks it sees (dQ). Both recompute ``P = exp2(q k^T * qk_scale - lse)``.
 
-Like the forward, each loop range is cut into blocks that need a per-element mask and blocks seen
+As in the forward, each loop range is cut into blocks that need a per-element mask and blocks seen
 whole, which run unmasked: there a query past ``T`` was loaded as zeros (q = dO = lse = delta = 0)
 and adds nothing to dK/dV, and a key past ``S`` only touches its own, never stored, dK/dV row. The dQ
-kernel keeps its key tail masked: there ``p = exp2(0 - lse)`` of a zero key could overflow and turn
-``p * 0`` into NaN.
+kernel keeps its key tail masked: ``p = exp2(0 - lse)`` of a zero key could overflow (``p * 0`` = NaN).
 
 Segments (``T == S``): a key block is seen by the queries from its first key to the end of its last
-key's segment (``max(hi)``); it is seen whole by query blocks past the key block and before the end
-of the *first* key's segment (``min(hi)``). Padding keys (``hi = 0``) are seen by nobody, padding
-queries (``lo = T``) see nothing: both get zero gradients.
+key's segment (``max(hi)``), whole by query blocks past the key block and before the end of its
+*first* key's segment (``min(hi)``). Padding keys (``hi = 0``) are seen by nobody, padding queries
+(``lo = T``) see nothing: both get zero gradients.
 """
 
 from __future__ import annotations
@@ -587,14 +585,8 @@ def bwd_impl(
     sm_scale = 1.0 / math.sqrt(D)
     common: list[int | float] = [*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3]]
     common += [km.stride(0) if key_mask is not None else 0, H, T, S, sm_scale * LOG2E, sm_scale]
-    kw = dict(
-        HEAD_DIM=D,
-        CAUSAL=causal,
-        HAS_KM=key_mask is not None,
-        HAS_SEG=segments is not None,
-        PREC=prec,
-        ACC=acc_tl,
-    )
+    has_km, has_seg = key_mask is not None, segments is not None
+    kw = dict(HEAD_DIM=D, CAUSAL=causal, HAS_KM=has_km, HAS_SEG=has_seg, PREC=prec, ACC=acc_tl)
     ptrs = (q, k, v, do, lse, delta, km, seg_lo, seg_hi)
     if autotuned(q, segments):
         _dkdv_tuned[lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * H)](*ptrs, dk, dv, *common, **kw)
