@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# gptmed-model GPU check: the gpu-marked parity tests and both GPU benchmarks, in < 5 minutes.
+# gptmed GPU check: the gpu-marked tests and the GPU benchmarks, in < 5 minutes (one short GPU loan).
 #
 #   bash bench/gpu_check.sh            # results in $OUT (or ./gpu_check_results), logs on stdout
 #
-# On a CUDA machine: (1) pytest -m gpu of gptmed-model (Triton kernel vs math in bf16/fp16/fp32, model under the
-# fused backend), (2) bench/attention.py (Triton vs SDPA flash, fwd and fwd+bwd, bf16, D=64/128,
-# T=512..8192, plus decode), (3) medium-model bf16 torch.compile training step (fused, then sdpa).
-# Without CUDA it runs the CPU path: the kernel parity tests under the Triton interpreter and
-# tiny smoke versions of both benchmarks (to prove the script works; those timings mean nothing).
+# On a CUDA machine, in this order (later steps run only while the 285 s budget allows):
+#   1. pytest -m gpu of gptmed-model: the Triton kernel vs math in bf16/fp16/fp32 (causal, key padding,
+#      decode, segments: packed rows and flat rows), the model under the forced fused backend, the
+#      automatic backend's routing; then gptmed-train's gpu tests
+#   2. bench/attention.py --packed: the packed-pair table of issue 17 (today's sdpa + dense mask,
+#      FlexAttention document mask, sdpa causal, ours causal, ours with segments, ours on a flat row;
+#      wall and GPU ms) with the issue's two goals as ratios
+#   3. (gptmed-train's trainer benchmark goes here)
+#   4. bench/attention.py --quick: the causal table (ours vs sdpa flash, D 64/128) and decode
+#   5. medium-model bf16 torch.compile training step, our kernel forced, then sdpa
+# Without CUDA it runs the CPU path: the kernel parity tests under the Triton interpreter and tiny
+# smoke versions of the benchmarks (to prove the script works; those timings mean nothing).
 # Needs: python with torch (+CUDA build on the GPU box), triton, pytest. No install step: the
 # sources are put on PYTHONPATH.
 set -uo pipefail
@@ -16,6 +23,7 @@ PY="${PYTHON:-python}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 export PYTHONPATH="$PWD/packages/gptmed-core/src:$PWD/packages/gptmed-model/src${PYTHONPATH:+:$PYTHONPATH}"
 RES="${OUT:-$PWD/gpu_check_results}"
+BUDGET=285  # seconds for the whole script
 mkdir -p "$RES"
 status=0
 step() {  # step NAME TIMEOUT_S CMD...
@@ -27,6 +35,15 @@ step() {  # step NAME TIMEOUT_S CMD...
   echo "=== $name: rc=$rc in $((SECONDS - t0))s"
   [ "$rc" -eq 0 ] || status=1
 }
+budget_step() {  # budget_step NAME MIN_S MAX_S CMD...: runs if MIN_S are left, for at most MAX_S
+  local name="$1" need="$2" most="$3"; shift 3
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt "$need" ]; then
+    echo "=== $name skipped: ${left}s left of ${BUDGET}s"
+    return
+  fi
+  step "$name" "$((left < most ? left : most))" "$@"
+}
 "$PY" - <<'PY' | tee "$RES/env.txt"
 import torch
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
@@ -37,30 +54,28 @@ except Exception as e:
     print("triton missing:", e)
 PY
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  # each step has its own limit; the sdpa comparison runs only if it can end by 285 s
-  # the tests compile ~40 kernel variants: in parallel where pytest-xdist is installed (90 s -> ~30 s)
+  # the tests compile ~60 kernel variants (and the segment kernels time 3 tile candidates once per
+  # shape): in parallel where pytest-xdist is installed
   xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-  step gpu_tests 120 "$PY" -m pytest packages/gptmed-model/tests -m gpu -q -p no:cacheprovider "${xdist[@]}"
+  step gpu_tests 100 "$PY" -m pytest packages/gptmed-model/tests -m gpu -q -p no:cacheprovider "${xdist[@]}"
   # gptmed-train's gpu tests (a checkpoint saved on the GPU loads where there is none; ~20 s)
-  step train_gpu_tests 60 env PYTHONPATH="$PWD/packages/gptmed-train/src:$PYTHONPATH" \
+  step train_gpu_tests 40 env PYTHONPATH="$PWD/packages/gptmed-train/src:$PYTHONPATH" \
        "$PY" -m pytest packages/gptmed-train/tests -m gpu -q -p no:cacheprovider
-  step attention_bench 80 "$PY" bench/attention.py --json "$RES/attention.json"
-  step train_medium_fused 80 "$PY" bench/train_step.py --device cuda --bf16 --compile --no-hf \
-       --model-size medium --batch-size 32 --seq-len 512 --steps 10 --dropout 0.0 --attention fused --json
-  left=$((285 - SECONDS))
-  if [ "$left" -gt 45 ]; then
-    step train_medium_sdpa "$left" "$PY" bench/train_step.py --device cuda --bf16 --compile --no-hf \
-         --model-size medium --batch-size 32 --seq-len 512 --steps 10 --dropout 0.0 --attention sdpa --json
-  else
-    echo "=== train_medium_sdpa skipped: ${left}s left"
-  fi
+  budget_step packed_attention 45 90 "$PY" bench/attention.py --packed --json "$RES/packed_attention.json"
+  # (3. gptmed-train's trainer benchmark: budget_step train_bench ...)
+  budget_step attention_bench 40 60 "$PY" bench/attention.py --quick --json "$RES/attention.json"
+  for backend in fused sdpa; do  # fused forced: our kernel in every layer
+    budget_step "train_medium_$backend" 45 70 "$PY" bench/train_step.py --device cuda --bf16 --compile --no-hf \
+         --model-size medium --batch-size 32 --seq-len 512 --steps 10 --dropout 0.0 --attention "$backend" --json
+  done
 else
   echo "no CUDA: CPU path (interpreter parity tests, smoke benchmarks)"
-  step kernel_tests_interpreter 120 env TRITON_INTERPRET=1 "$PY" -m pytest \
-       packages/gptmed-model/tests/test_triton_kernel.py -q -p no:cacheprovider
-  step attention_bench 60 "$PY" bench/attention.py --json "$RES/attention.json"
+  step kernel_tests_interpreter 240 env TRITON_INTERPRET=1 "$PY" -m pytest \
+       packages/gptmed-model/tests/test_triton_kernel.py packages/gptmed-model/tests/test_triton_segments.py \
+       -q -p no:cacheprovider
+  step attention_bench 120 "$PY" bench/attention.py --smoke --json "$RES/attention.json"
   step train_tiny_cpu 60 "$PY" bench/train_step.py --no-hf --model-size tiny --batch-size 2 \
        --seq-len 64 --steps 2 --json
 fi
-echo "results in $RES"
+echo "results in $RES ($SECONDS s)"
 exit $status

@@ -34,10 +34,10 @@ def qkv(
 @pytest.fixture
 def fresh_choice(monkeypatch: pytest.MonkeyPatch):
     """Forget the once-made choice for the test, restore it after."""
-    saved = (attn_mod._selected, attn_mod._reason)
+    saved = (attn_mod._selected, attn_mod._reason, attn_mod._automatic)
     set_backend(None)
     yield monkeypatch
-    attn_mod._selected, attn_mod._reason = saved
+    attn_mod._selected, attn_mod._reason, attn_mod._automatic = saved
 
 
 def test_choice_is_made_once_and_logged_with_reason(fresh_choice, caplog: pytest.LogCaptureFixture) -> None:
@@ -134,20 +134,97 @@ def test_fused_falls_back_for_unsupported_masks_and_head_dims() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fused_backend_sends_decode_steps_to_sdpa_and_keeps_training_shapes() -> None:
-    """A decode step on the fused backend is sdpa's call, bit for bit (our split-K kernel is bound by
-    host time there); a training-shaped call still runs our kernel (it differs from sdpa's rounding)."""
-    q, k, v = qkv(2, 4, 1, 300, 64, torch.bfloat16, "cuda")
-    with torch.no_grad(), use_backend("fused"):
-        decode = attention(q, k, v)
-    assert torch.equal(decode, sdpa_attention(q, k, v))
-    q, k, v = qkv(2, 4, 256, 256, 64, torch.bfloat16, "cuda", grad=True)
-    with use_backend("fused"):
-        train = attention(q, k, v)
-    assert not torch.equal(train, sdpa_attention(q, k, v))
+def test_automatic_fused_choice_routes_each_call_and_forced_fused_runs_the_kernel(
+    fresh_choice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chosen automatically, `fused` sends a call to whichever path measured faster (decode steps,
+    causal attention with <= 8 heads, short packed rows: sdpa, bit for bit); forced, it runs our
+    kernel on every input it supports."""
+    from gptmed.model.attention import segment_bounds
+    from test_triton_kernel import count_kernel_calls
+
+    fresh_choice.delenv("GPTMED_ATTENTION", raising=False)
+    assert select_backend() == "fused"
+    calls = count_kernel_calls(monkeypatch)
+    decode = qkv(2, 4, 1, 300, 64, torch.bfloat16, "cuda")
+    few_heads = qkv(2, 4, 256, 256, 64, torch.bfloat16, "cuda", grad=True)
+    many_heads = qkv(2, 16, 256, 256, 64, torch.bfloat16, "cuda", grad=True)
+    with torch.no_grad():
+        assert torch.equal(attention(*decode), sdpa_attention(*decode))
+    assert torch.equal(attention(*few_heads), sdpa_attention(*few_heads))
+    assert calls == []
+    attention(*many_heads)
+    assert calls == [False]
+    short = segment_bounds(torch.tensor([[0] * 100 + [1] * 156] * 2, device="cuda"), window=256)
+    attention(*few_heads, segments=short)  # <= 512 tokens: sdpa with a dense mask
+    flat = qkv(1, 4, 2048, 2048, 64, torch.bfloat16, "cuda", grad=True)
+    ids = torch.arange(2048, device="cuda") // 300  # 7 segments in a flat row
+    attention(*flat, segments=segment_bounds(ids[None], window=512))
+    assert calls == [False, True]
+    with use_backend("fused"):  # forced: the kernel everywhere it runs (decode steps included)
+        with torch.no_grad():
+            forced = attention(*decode)
+        attention(*few_heads)
+    assert not torch.equal(forced, sdpa_attention(*decode))
+    assert calls == [False, True, False]
     torch.testing.assert_close(
-        train, math_attention(q.float(), k.float(), v.float()).bfloat16(), atol=2e-2, rtol=0
+        forced, math_attention(*(t.float() for t in decode)).bfloat16(), atol=2e-2, rtol=0
     )
+
+
+def test_speed_routing_follows_the_measured_limits() -> None:
+    """The automatic choice's static limits (H200 figures, attention.py): short packed rows and
+    causal attention with <= 8 heads go to sdpa, long packed rows and more heads to the kernel."""
+    from gptmed.model.attention import SDPA_MAX_HEADS, SEGMENT_MASK_MAX_T, _speed_reason
+
+    def reason(H: int, T: int, segmented: bool = False, mask: torch.Tensor | None = None) -> str | None:
+        q, k, _ = qkv(1, H, T, T, 16)
+        return _speed_reason(q, k, True, mask, segmented, 16)
+
+    assert "packed rows" in (reason(8, SEGMENT_MASK_MAX_T, segmented=True) or "")
+    assert reason(8, SEGMENT_MASK_MAX_T + 1, segmented=True) is None
+    assert "heads" in (reason(SDPA_MAX_HEADS, 64) or "")
+    assert reason(SDPA_MAX_HEADS * 2, 64) is None
+    assert reason(4, 64, mask=torch.ones(1, 1, 1, 64, dtype=torch.bool)) is None  # key padding: the kernel
+
+
+# -- packed rows: segment limits on the device --------------------------------------------------------
+def test_segment_bounds_mark_runs_and_padding() -> None:
+    from gptmed.model.attention import segment_bounds
+
+    ids = torch.tensor([[1, 1, 2, 2, 2, -1], [0, 0, 0, 0, 0, 0], [5, -1, -1, 6, 6, 5]])
+    b = segment_bounds(ids, window=6)
+    assert b.lo.dtype == torch.int32 and b.lo.is_contiguous() and b.hi.is_contiguous()
+    assert b.lo.tolist() == [[0, 0, 2, 2, 2, 6], [0, 0, 0, 0, 0, 0], [0, 6, 6, 3, 3, 5]]
+    assert b.hi.tolist() == [[2, 2, 5, 5, 5, 0], [6, 6, 6, 6, 6, 6], [1, 0, 0, 5, 5, 6]]
+    assert b.attended().tolist()[2] == [True, False, False, True, True, True]
+    keep = b.keep_mask()[2, 0]  # row 2: the returning id 5 is a run of its own
+    assert keep[5].tolist() == [False, False, False, False, False, True]
+    assert keep[4].tolist() == [False, False, False, True, True, False]
+
+
+@pytest.mark.parametrize("backend", [math_attention, sdpa_attention])
+def test_block_local_mask_equals_the_dense_mask(backend) -> None:  # type: ignore[no-untyped-def]
+    """A row longer than the window attends block-locally (2W keys per block of W queries): the same
+    outputs and gradients as one dense mask while no segment is longer than the window."""
+    from gptmed.model.attention import masked_segment_attention, segment_bounds
+
+    lengths = [5, 8, 1, 8, 3, 7, 2, 8]  # W = 8: segments up to the window, across block edges
+    ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)] + [torch.full((4,), -1)])[None]
+    T = ids.size(1)
+    torch.manual_seed(0)
+    base = qkv(1, 2, T, T, 8, torch.float64)
+    do = torch.randn(1, 2, T, 8, dtype=torch.float64)
+    results = []
+    for window in (8, T):  # blocked, dense
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        out = masked_segment_attention(backend, q, k, v, segment_bounds(ids, window))
+        results.append((out, torch.autograd.grad(out, (q, k, v), do)))
+    (blocked, g_blocked), (dense, g_dense) = results
+    torch.testing.assert_close(blocked, dense, atol=1e-12, rtol=1e-12)
+    for a, b in zip(g_blocked, g_dense, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    assert (blocked[:, :, -4:] == 0).all()  # padding: exactly 0
 
 
 # -- packed rows: per-run attention -----------------------------------------------------------------

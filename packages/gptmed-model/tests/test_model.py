@@ -435,3 +435,90 @@ def test_rows_of_padding_only_do_not_break_the_packed_path() -> None:
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def _flatten(
+    x: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, bucket: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The trainer's flat layout: padding dropped, one row (1, N), N rounded up to `bucket` with
+    padding tokens (segment -1, target -100)."""
+    keep = (segments >= 0).flatten()
+    n = int(keep.sum())
+    extra = -n % bucket
+
+    def flat(t: torch.Tensor, fill: int) -> torch.Tensor:
+        return torch.cat([t.flatten()[keep], torch.full((extra,), fill, dtype=t.dtype)])[None]
+
+    return flat(x, 0), flat(segments, -1), flat(positions, 0), flat(targets, -100)
+
+
+def test_flat_row_of_a_batch_equals_its_rows_with_segment_ids() -> None:
+    """A batch sent as one flat row (1, N), N > max_seq_len, padding dropped and bucket padding
+    added, trains exactly like the same pairs in (B, T) rows with segment ids."""
+    cfg = get_tiny_config(vocab_size=64, max_seq_len=40).replace(dropout=0.0)
+    torch.manual_seed(0)
+    model = GPTTransformer(cfg)
+    x, segments, positions, targets = _segmented(
+        [[1] * 25 + [2] * 15, [3] * 7 + [4] * 22 + [-1] * 11, [5] * 40, [-1] * 40]
+    )
+    fx, fseg, fpos, fy = _flatten(x, segments, positions, targets, bucket=16)
+    assert fx.size(1) > cfg.max_seq_len and fx.size(1) % 16 == 0
+
+    def run(*args: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        ids, seg, pos, y = args
+        loss = model(ids, targets=y, segment_ids=seg, position_ids=pos)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    rows_loss, rows_grads = run(x, segments, positions, targets)
+    flat_loss, flat_grads = run(fx, fseg, fpos, fy)
+    torch.testing.assert_close(flat_loss, rows_loss, atol=1e-6, rtol=1e-6)
+    for a, b in zip(flat_grads, rows_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        h_rows, _ = model.hidden_states(x, segment_ids=segments, position_ids=positions)
+        h_flat, _ = model.hidden_states(fx, segment_ids=fseg, position_ids=fpos)
+    attended = segments >= 0
+    torch.testing.assert_close(h_flat[0, : int(attended.sum())], h_rows[attended], atol=1e-5, rtol=1e-5)
+
+
+def test_rows_longer_than_the_context_need_segments_and_positions() -> None:
+    cfg = get_tiny_config(vocab_size=64, max_seq_len=16).replace(dropout=0.0)
+    model = GPTTransformer(cfg)
+    x = torch.randint(0, 64, (1, 24))
+    segments = torch.tensor([[0] * 12 + [1] * 12])
+    positions = torch.cat([torch.arange(12), torch.arange(12)])[None]
+    with pytest.raises(ValueError, match="sequence too long.*pass segment_ids and position_ids"):
+        model(x)
+    with pytest.raises(ValueError, match="needs position_ids"):
+        model(x, segment_ids=segments)
+    with pytest.raises(ValueError, match="segment_ids must be an integer tensor"):
+        model(x, segment_ids=segments.float(), position_ids=positions)
+    long_segment = torch.tensor([[0] * 4 + [1] * 20])
+    with pytest.raises(ValueError, match="a segment of 20 tokens > max_seq_len 16"):
+        model(x, segment_ids=long_segment, position_ids=positions)
+    assert model(x, segment_ids=segments, position_ids=positions).shape == (1, 24, 64)
+
+
+def test_compiled_flat_row_attends_block_locally_without_recompiling() -> None:
+    """Under torch.compile (no host sync, no data-dependent shapes) a flat row longer than the
+    context takes the block-local mask on the sdpa backend: eager's loss, one graph for every
+    segment layout of the same length."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    cfg = tiny(n_layers=1, d_model=32, n_heads=2, d_ff=64, vocab=61, seq=16)
+    model = GPTTransformer(cfg)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter)
+    for lengths in ([5, 16, 9, 12], [16, 1, 16, 7, 2]):
+        segments = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)] + [torch.full((6,), -1)])
+        positions = torch.cat([torch.arange(n) for n in lengths] + [torch.zeros(6, dtype=torch.long)])
+        x = torch.randint(0, 61, (1, 48))
+        targets = x.roll(-1, 1).masked_fill(segments[None] < 0, -100)
+        kw = dict(targets=targets, segment_ids=segments[None], position_ids=positions[None])
+        with use_backend("sdpa"):
+            loss = compiled(x, **kw)
+            eager = model(x, **kw)  # eager CPU: per run
+        torch.testing.assert_close(loss, eager, atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1

@@ -2,7 +2,10 @@
 
 The interpreter checks the numerics on CPU but not what only the compiler enforces (constexpr
 globals, layouts, shared-memory budget). This compiles the bf16 kernels ahead of time with the
-ptxas bundled in triton, in a subprocess (the test process runs triton in interpreter mode).
+ptxas bundled in triton, in a subprocess (the test process runs triton in interpreter mode): the
+key-padding kernels at head dims 64 and 128, and the segment kernels at 128 with the largest
+autotune candidate of each (``*_CANDIDATES[1]``, the most shared memory; every candidate compiled
+within 227 KiB when this was written: 16-66 KiB).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent(
     """
-    import inspect, torch, triton, triton.language as tl
+    import inspect, sys, time, torch, triton, triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from gptmed.model.kernels import triton_attention as ta
+    from gptmed.model.kernels import flash_bwd as bwd, flash_decode as dec, flash_fwd as fwd
+
+    SHARED_LIMIT = 227 * 1024  # bytes of shared memory a block may use on sm_90
 
     def compile_one(fn, ptrs, constexprs, cfg, arch):
         sig = {}
@@ -34,26 +39,35 @@ SCRIPT = textwrap.dedent(
                            target=GPUTarget("cuda", arch, 32),
                            options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
         assert k.asm.get("cubin"), "no cubin"
+        assert k.metadata.shared <= SHARED_LIMIT, (fn.fn.__name__, cfg, k.metadata.shared)
         return k.metadata.shared
 
     dt, dev = "bf16", torch.device("cuda")
-    for arch, D in ((90, 64), (90, 128)):
-        if True:
-            f = ta._blocks(D, dev, torch.bfloat16)
-            b_kv, b_q = ta._bwd_blocks(D, dev, torch.bfloat16)
-            base = dict(HEAD_DIM=D, CAUSAL=True, HAS_KM=True, PREC="tf32", ACC=tl.float32)
-            io = {n: "*" + dt for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
-            io.update(KM="*i8", LSE="*fp32", DELTA="*fp32", ACC_OUT="*fp32", M_OUT="*fp32", L_OUT="*fp32")
-            tiles = lambda c: dict(BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"])
-            delta = dict(BLOCK_M=64, HEAD_DIM=D, ACC=tl.float32)
-            for fn, cx, cfg in ((ta._fwd_kernel, dict(base, **tiles(f)), f),
-                                (ta._bwd_dkdv_kernel, dict(base, **tiles(b_kv)), b_kv),
-                                (ta._bwd_dq_kernel, dict(base, **tiles(b_q)), b_q),
-                                (ta._bwd_delta_kernel, delta, {"num_warps": 4, "num_stages": 2}),
-                                (ta._decode_kernel, dict(base, BLOCK_M=16, BLOCK_N=64),
-                                 {"num_warps": 4, "num_stages": 2})):
-                shared = compile_one(fn, io, cx, cfg, arch)
-                print(arch, D, fn.fn.__name__, shared)
+    io = {n: "*" + dt for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+    io.update(KM="*i8", SEG_LO="*i32", SEG_HI="*i32", LSE="*fp32", DELTA="*fp32", ACC_OUT="*fp32",
+              M_OUT="*fp32", L_OUT="*fp32")
+    tiles = lambda c: dict(BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"])
+    jobs = []
+    for D in (64, 128):
+        f = fwd.fwd_tiles(D, dev, torch.bfloat16)
+        b_kv, b_q = bwd.bwd_tiles(D, dev, torch.bfloat16)
+        # the padded-batch kernels (key mask) and their segment variants (the autotune candidates)
+        base = dict(HEAD_DIM=D, CAUSAL=True, HAS_KM=True, HAS_SEG=False, PREC="tf32", ACC=tl.float32)
+        seg = dict(base, HAS_KM=False, HAS_SEG=True)
+        jobs += [(fwd._fwd_kernel, dict(base, **tiles(f)), f), (bwd._bwd_dkdv_kernel, dict(base, **tiles(b_kv)), b_kv),
+                 (bwd._bwd_dq_kernel, dict(base, **tiles(b_q)), b_q),
+                 (bwd._bwd_delta_kernel, dict(BLOCK_M=64, HEAD_DIM=D, ACC=tl.float32), {"num_warps": 4, "num_stages": 2}),
+                 (dec._decode_kernel, dict(BLOCK_M=16, BLOCK_N=64, HEAD_DIM=D, CAUSAL=True, HAS_KM=True, PREC="tf32",
+                                           ACC=tl.float32), {"num_warps": 4, "num_stages": 2})]
+        if D == 128:  # the segment code paths, with the largest candidate tiles (the most shared memory)
+            for fn, cands in ((fwd._fwd_kernel, fwd.SEG_FWD_CANDIDATES), (bwd._bwd_dkdv_kernel, bwd.SEG_DKDV_CANDIDATES),
+                              (bwd._bwd_dq_kernel, bwd.SEG_DQ_CANDIDATES)):
+                jobs.append((fn, dict(seg, **tiles(cands[1])), cands[1]))
+    for fn, cx, cfg in jobs:
+        t0 = time.time()
+        shared = compile_one(fn, io, cx, cfg, 90)
+        print(cx.get("HEAD_DIM"), fn.fn.__name__, "seg" if cx.get("HAS_SEG") else "", tiles(cfg) if "BLOCK_N" in cfg else "",
+              shared, f"{time.time() - t0:.1f}s", flush=True)
     print("OK")
     """
 )

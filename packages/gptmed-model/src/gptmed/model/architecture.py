@@ -29,7 +29,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from gptmed.core import CheckpointError
 from gptmed.core.config import ModelConfig
-from gptmed.model.attention import SegmentRuns, attention, plan_segments, runs_attention, segment_runs
+from gptmed.model.attention import (
+    SegmentBounds,
+    SegmentRuns,
+    attention,
+    plan_segments,
+    runs_attention,
+    segment_bounds,
+    segment_runs,
+    select_backend,
+)
 from gptmed.model.loss import linear_cross_entropy
 from gptmed.model.ops import Dropout, apply_rope, is_tracing, rope
 
@@ -81,11 +90,18 @@ def rope_tables(max_seq_len: int, head_dim: int, base: float = 10000.0) -> tuple
     return freqs.cos().float(), freqs.sin().float()
 
 
-def _eager_cpu(t: torch.Tensor) -> bool:
-    """Packed rows may be split into runs: eager mode on the CPU. (Under torch.compile the run
-    lengths would be data-dependent shapes; on CUDA the split costs a host sync per forward and
-    per-run launches, a trade not yet measured on a GPU: both keep the one-mask path.)"""
-    return t.device.type == "cpu" and not is_tracing()
+def _splits_runs(t: torch.Tensor) -> bool:
+    """Packed rows may be split into runs: eager mode on the CPU, unless the fused kernel is forced
+    (the Triton interpreter in tests). Under torch.compile the run lengths would be data-dependent
+    shapes, and on CUDA the split costs a host sync per forward and a launch per run: there the
+    segment layout stays on the device (:func:`segment_bounds`) and the fused kernel reads it."""
+    return t.device.type == "cpu" and not is_tracing() and select_backend() != "fused"
+
+
+def _reads_values(t: torch.Tensor) -> bool:
+    """Whether input checks may read tensor values: always on the CPU; on an accelerator not while
+    training (with grad), where reading a value back would stall the step until the GPU catches up."""
+    return t.device.type == "cpu" or not torch.is_grad_enabled()
 
 
 class CausalSelfAttention(nn.Module):
@@ -103,7 +119,7 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,  # (B, T, C)
         cos: torch.Tensor | None,  # (1 or B, T, 1, 1, hs/2) or None without RoPE
         sin: torch.Tensor | None,
-        mask: torch.Tensor | SegmentRuns | None,  # bool, broadcastable to (B, 1, T, S); or packed runs
+        mask: torch.Tensor | SegmentRuns | SegmentBounds | None,  # bool (B, 1, T, S); or packed rows
         past: tuple[torch.Tensor, torch.Tensor] | None,  # k, v: (B, nh, P, hs)
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, T, C = x.shape
@@ -122,8 +138,11 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k = torch.cat((past[0], k), dim=2)  # (B, nh, S, hs)
             v = torch.cat((past[1], v), dim=2)
-        y = attention(q, k, v, causal=True, mask=mask)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        if isinstance(mask, SegmentBounds):  # packed rows, no past
+            y = attention(q, k, v, causal=True, segments=mask)  # (B, nh, T, hs)
+        else:
+            y = attention(q, k, v, causal=True, mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)  # a view when y is (B, T, nh, hs) memory (the fused kernel)
         return self.resid_drop(self.proj(y)), (k, v)
 
 
@@ -155,7 +174,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor | None,
         sin: torch.Tensor | None,
-        mask: torch.Tensor | SegmentRuns | None,
+        mask: torch.Tensor | SegmentRuns | SegmentBounds | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         a, present = self.attn(self.ln1(x), cos, sin, mask, past)
@@ -275,6 +294,7 @@ class GPTTransformer(nn.Module):
         past_key_values: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
         past_len: int,
         targets: torch.Tensor | None,
+        segment_ids: torch.Tensor | None,
     ) -> None:
         cfg = self.config
         if input_ids.dim() != 2:
@@ -284,12 +304,15 @@ class GPTTransformer(nn.Module):
         B, T = input_ids.shape
         if T == 0:
             raise ValueError("input_ids has 0 tokens; need at least 1")
-        if past_len + T > cfg.max_seq_len:
+        self._validate_segments(input_ids, position_ids, segment_ids, past_len)
+        if past_len + T > cfg.max_seq_len and segment_ids is None:
             raise ValueError(
                 f"sequence too long: {past_len} cached + {T} new = {past_len + T} tokens "
-                f"> max_seq_len {cfg.max_seq_len}"
+                f"> max_seq_len {cfg.max_seq_len} (a packed row of several segments may be longer: "
+                "pass segment_ids and position_ids)"
             )
-        if input_ids.numel():
+        reads = _reads_values(input_ids)
+        if reads and input_ids.numel():
             lo, hi = torch.aminmax(input_ids)
             if int(lo) < 0 or int(hi) >= cfg.vocab_size:
                 raise ValueError(
@@ -300,11 +323,12 @@ class GPTTransformer(nn.Module):
                 raise ValueError(
                     f"position_ids shape {tuple(position_ids.shape)} != input_ids shape {(B, T)}"
                 )
-            lo, hi = torch.aminmax(position_ids)
-            if int(lo) < 0 or int(hi) >= cfg.max_seq_len:
-                raise ValueError(
-                    f"position_ids must be in [0, {cfg.max_seq_len}), got min {int(lo)}, max {int(hi)}"
-                )
+            if reads:
+                lo, hi = torch.aminmax(position_ids)
+                if int(lo) < 0 or int(hi) >= cfg.max_seq_len:
+                    raise ValueError(
+                        f"position_ids must be in [0, {cfg.max_seq_len}), got min {int(lo)}, max {int(hi)}"
+                    )
         if attention_mask is not None and tuple(attention_mask.shape) != (B, past_len + T):
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} != (batch, past + new) = "
@@ -323,6 +347,44 @@ class GPTTransformer(nn.Module):
         if targets is not None and tuple(targets.shape) != (B, T):
             raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {(B, T)}")
 
+    def _validate_segments(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        segment_ids: torch.Tensor | None,
+        past_len: int,
+    ) -> None:
+        """segment_ids: input_ids' shape, integer, no past. A row longer than max_seq_len (a flat
+        batch of packed pairs) needs position_ids, and none of its segments may be longer than
+        max_seq_len (each is one sequence: its positions restart at 0)."""
+        if segment_ids is None:
+            return
+        shape = tuple(input_ids.shape)
+        if tuple(segment_ids.shape) != shape or past_len:
+            raise ValueError(
+                f"segment_ids must have input_ids' shape {shape} and no past, got "
+                f"{tuple(segment_ids.shape)} with {past_len} cached tokens"
+            )
+        if segment_ids.dtype.is_floating_point or segment_ids.dtype == torch.bool:
+            raise ValueError(f"segment_ids must be an integer tensor, got {segment_ids.dtype}")
+        limit, n = self.config.max_seq_len, shape[1]
+        if n <= limit:
+            return
+        if position_ids is None:
+            raise ValueError(
+                f"a packed row of {n} tokens > max_seq_len {limit} needs position_ids "
+                "(restarting at 0 in each segment)"
+            )
+        if _reads_values(segment_ids):
+            bounds = segment_bounds(segment_ids, limit)
+            index = torch.arange(n, device=segment_ids.device, dtype=torch.int32)
+            longest = int(torch.where(bounds.attended(), index - bounds.lo + 1, 0).max())
+            if longest > limit:
+                raise ValueError(
+                    f"a segment of {longest} tokens > max_seq_len {limit} in a packed row: "
+                    "each segment is one sequence, at most max_seq_len tokens"
+                )
+
     # -- forward ---------------------------------------------------------------------------------
     def hidden_states(
         self,
@@ -335,11 +397,14 @@ class GPTTransformer(nn.Module):
     ) -> tuple[torch.Tensor, KVCache]:
         """Final-LayerNorm output (B, T, C) and the per-layer (k, v) presents (B, nh, S, hs).
 
-        segment_ids: (B, T) or None. Tokens attend only to tokens of their own segment (packed
+        segment_ids: (B, T) int or None. Tokens attend only to tokens of their own segment (packed
         training rows: one segment per Q&A pair, so no pair sees the pair before it). Segments are
-        contiguous runs of one id; a negative id marks padding, whose outputs are unspecified (give
-        them target -100). Computed per run when that is cheaper than a (B, 1, T, T) mask;
-        with segment_ids the presents are not returned (an empty tuple: training has no cache).
+        contiguous runs of one id; a negative id marks padding, which attends to nothing and whose
+        outputs are unspecified (give them target -100). A batch may come as one flat row (1, N)
+        longer than max_seq_len, padding dropped, with position_ids restarting per segment. On the
+        eager CPU path attention runs per segment when that is cheaper than a (B, 1, T, T) mask;
+        elsewhere the layout stays on the device (the fused kernel's segment mode, or a mask).
+        With segment_ids the presents are not returned (an empty tuple: training has no cache).
         """
         B, T = input_ids.shape
         past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
@@ -358,23 +423,21 @@ class GPTTransformer(nn.Module):
             else:
                 x = x + self.pos_emb(position_ids)
         x = self.drop(x)
-        keep = None
-        if attention_mask is not None:
-            keep = (attention_mask != 0).view(B, 1, 1, -1)  # (B, 1, 1, S) key padding
-        runs = None
-        plan = "mask" if segment_ids is not None else "causal"
-        if segment_ids is not None and keep is None and past_key_values is None and _eager_cpu(x):
-            runs = segment_runs(segment_ids)
-            plan = plan_segments(runs, B, T, self.config.d_model)
-        if plan == "runs":
-            assert runs is not None
-            return self._packed_hidden_states(x, cos, sin, runs), ()
-        if plan == "mask" and segment_ids is not None:
-            # runs of one id, numbered per row: a segment is contiguous, as on the per-run path
-            changes = (segment_ids[:, 1:] != segment_ids[:, :-1]).to(torch.int32)
-            run_ids = F.pad(torch.cumsum(changes, dim=1), (1, 0))  # (B, T)
-            same = (run_ids[:, :, None] == run_ids[:, None, :]).unsqueeze(1)  # (B, 1, T, T)
-            keep = same if keep is None else keep & same
+        key_mask = None if attention_mask is None else (attention_mask != 0).view(B, 1, 1, -1)  # (B, 1, 1, S)
+        keep: torch.Tensor | SegmentBounds | None = key_mask
+        if segment_ids is not None:
+            if key_mask is None and _splits_runs(x):  # eager CPU: maybe per run, padding dropped
+                runs = segment_runs(segment_ids)
+                plan = plan_segments(runs, B, T, self.config.d_model)
+                if plan == "mask" and self.config.max_seq_len < T:  # never a T x T mask for a long row
+                    plan = "runs"
+                if plan == "runs":
+                    return self._packed_hidden_states(x, cos, sin, runs), ()
+                if plan == "mask":
+                    keep = segment_bounds(segment_ids, self.config.max_seq_len)
+            else:
+                bounds = segment_bounds(segment_ids, self.config.max_seq_len)  # on the device, no sync
+                keep = bounds if key_mask is None else key_mask & bounds.keep_mask()  # (B, 1, T, T)
         presents = []
         for i, block in enumerate(self.blocks):
             past = None if past_key_values is None else past_key_values[i]
@@ -430,17 +493,20 @@ class GPTTransformer(nn.Module):
         With ``targets`` (B, T) int64 (``-100`` = ignore) it returns the mean cross-entropy loss (a
         scalar) computed in chunks without materialising the logits (faster, less memory); the
         trainer's path.
-        segment_ids (B, T), training only (no past): attention stays inside each segment, so packed
+        segment_ids (B, T) int, training only (no past): attention stays inside each segment, so packed
         Q&A pairs do not attend to one another (pass position_ids that restart per segment too).
+        With segment_ids and position_ids, T may exceed max_seq_len (a whole batch as one flat row
+        (1, N), padding dropped); each segment stays at most max_seq_len tokens.
+
+        Input values (token ids, positions, segment lengths) are checked on the CPU and whenever
+        grad is off; on an accelerator during training only shapes and dtypes are, since reading a
+        value back would stall every step (CUDA's embedding asserts on an out-of-range id itself).
         """
         past_len = past_key_values[0][0].size(2) if past_key_values is not None else 0
         if not is_tracing():
-            self._validate(input_ids, position_ids, attention_mask, past_key_values, past_len, targets)
-            if segment_ids is not None and (tuple(segment_ids.shape) != tuple(input_ids.shape) or past_len):
-                raise ValueError(
-                    f"segment_ids must have input_ids' shape {tuple(input_ids.shape)} and no past, got "
-                    f"{tuple(segment_ids.shape)} with {past_len} cached tokens"
-                )
+            self._validate(
+                input_ids, position_ids, attention_mask, past_key_values, past_len, targets, segment_ids
+            )
             if segment_ids is not None and use_cache:
                 raise ValueError("segment_ids is for training: it cannot be combined with use_cache")
             if logits_to_keep < 0 or (logits_to_keep and targets is not None):

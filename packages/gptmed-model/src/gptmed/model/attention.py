@@ -16,12 +16,13 @@ Backends:
 
 ``fused``
     the project's own FlashAttention-style Triton kernel (:mod:`gptmed.model.kernels.triton_attention`),
-    forward and backward, plus a split-K decode path for short queries against a long KV cache.
-    Chosen by default when CUDA is available and ``triton`` imports. Inputs it does not cover
-    (CPU tensors, head dims other than 16/32/64/128, masks other than key padding), float32 on
-    CUDA (the kernel runs fp32 exactly, without tensor cores) and decode steps (at most 16 queries,
-    no grad: one call is bound by host time, where sdpa's single kernel launch wins) go to ``sdpa``; call
-    :func:`gptmed.model.kernels.triton_attention.flash_attention` directly to force it.
+    forward and backward, segment-aware (packed rows), plus a split-K decode path for short queries
+    against a long KV cache. Chosen by default when CUDA is available and ``triton`` imports. Inputs
+    it does not cover (CPU tensors, head dims other than 16/32/64/128, masks other than key padding)
+    go to ``sdpa``. When the choice was automatic it also sends each call to whichever path measured
+    faster there (``_speed_reason``: float32, decode steps, plain causal attention with few heads,
+    short packed rows go to ``sdpa``); forced (``GPTMED_ATTENTION=fused``, :func:`set_backend`,
+    :func:`use_backend`) it runs the kernel on every input it supports.
 ``sdpa``
     :func:`torch.nn.functional.scaled_dot_product_attention`, the default on CPU.
 ``math``
@@ -30,10 +31,15 @@ Backends:
     ``use_backend("math")``).
 
 Packed training rows (``segment_ids``: several Q&A pairs per row, each attending only to itself)
-go through :func:`runs_attention` when that is cheaper than a ``(B, 1, T, T)`` mask: each run of
-equal segment id is its own short causal sequence, so the work is ``sum(L_i^2)`` instead of
-``B * T^2`` (CPU flash attention cannot skip masked blocks at T <= 512), and padding runs cost
-nothing. :func:`segment_runs` finds the runs; :func:`plan_segments` decides.
+take one of two forms. On the eager CPU path they go through :func:`runs_attention` when that is
+cheaper than a ``(B, 1, T, T)`` mask: each run of equal segment id is its own short causal sequence,
+so the work is ``sum(L_i^2)`` instead of ``B * T^2`` (CPU flash attention cannot skip masked blocks
+at T <= 512), and padding runs cost nothing. :func:`segment_runs` finds the runs (one host sync);
+:func:`plan_segments` decides. Everywhere else (CUDA, ``torch.compile``) :func:`segment_bounds`
+turns the ids into per-token limits on the device (no host sync, no shape that depends on the
+data) and ``attention(..., segments=bounds)`` runs the fused kernel's segment mode, or, on the
+other backends, a mask: dense ``(B, 1, T, T)`` for rows up to ``bounds.window`` tokens, else
+block-local (:func:`blocked_segment_attention`, never an ``N x N`` mask).
 
 The automatic choice (:func:`select_backend`) is made on first use and logged once with its reason.
 ``GPTMED_ATTENTION=fused|sdpa|math`` forces it; :func:`use_backend` / :func:`set_backend` override it
@@ -51,17 +57,26 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from gptmed.model.segments import (
+    SegmentBounds,
+    blocked_segment_attention,
+    masked_segment_attention,
+    segment_bounds,
+)
 
 __all__ = [
     "BACKENDS",
+    "SegmentBounds",
     "SegmentRuns",
     "attention",
     "backend_reason",
+    "blocked_segment_attention",
     "causal_keep_mask",
     "math_attention",
     "plan_segments",
     "runs_attention",
     "sdpa_attention",
+    "segment_bounds",
     "segment_runs",
     "select_backend",
     "set_backend",
@@ -76,6 +91,7 @@ _log = logging.getLogger(__name__)
 
 _selected: str | None = None  # the automatic (or set_backend) choice, made once
 _reason: str = ""
+_automatic = False  # _selected was decided by _decide() without GPTMED_ATTENTION
 _override: list[str] = []  # use_backend() stack; the innermost wins
 _logged_fallbacks: set[str] = set()
 
@@ -95,26 +111,34 @@ def triton_available() -> bool:
     return True
 
 
-def _decide() -> tuple[str, str]:
+def _decide() -> tuple[str, str, bool]:
+    """(backend, why, automatic)."""
     env = os.environ.get("GPTMED_ATTENTION", "").strip().lower()
     if env:
-        return _check_name(env), "forced by GPTMED_ATTENTION"
+        return _check_name(env), "forced by GPTMED_ATTENTION", False
     if not torch.cuda.is_available():
-        return "sdpa", "no CUDA device"
+        return "sdpa", "no CUDA device", True
     if not triton_available():
-        return "sdpa", "CUDA is available but triton is not importable (pip install 'gptmed-model[triton]')"
-    return "fused", f"CUDA device ({torch.cuda.get_device_name()}) and triton available"
+        why = "CUDA is available but triton is not importable (pip install 'gptmed-model[triton]')"
+        return "sdpa", why, True
+    why = f"CUDA device ({torch.cuda.get_device_name()}) and triton available; each call goes to the faster path"
+    return "fused", why, True
 
 
 def select_backend() -> str:
     """The backend in force: the innermost :func:`use_backend`, else the choice made once."""
-    global _selected, _reason
+    global _selected, _reason, _automatic
     if _override:
         return _override[-1]
     if _selected is None:
-        _selected, _reason = _decide()
+        _selected, _reason, _automatic = _decide()
         _log.info("attention backend: %s (%s)", _selected, _reason)
     return _selected
+
+
+def _routes() -> bool:
+    """Whether the backend in force was chosen automatically (then ``fused`` routes per call)."""
+    return _automatic and not _override
 
 
 def backend_reason() -> str:
@@ -125,7 +149,8 @@ def backend_reason() -> str:
 
 def set_backend(name: str | None) -> None:
     """Set the process-wide backend (``None``: decide automatically again on next use)."""
-    global _selected, _reason
+    global _selected, _reason, _automatic
+    _automatic = False
     if name is None:
         _selected, _reason = None, ""
         return
@@ -202,29 +227,90 @@ def sdpa_attention(
 
 
 def _fallback(reason: str) -> None:
+    """Log each reason once. Not while compiling: a logger call breaks the graph (at every attention
+    call of a compiled model); eager calls log it."""
+    if torch.compiler.is_compiling():
+        return
     if reason not in _logged_fallbacks:
         _logged_fallbacks.add(reason)
         _log.info("fused attention falls back to sdpa: %s", reason)
 
 
+# Where the automatic fused choice sends calls the kernel supports, from the H200 figures of issue 17
+# (torch 2.11, triton 3.6, bench/attention.py, forward + backward, bf16, 8 heads of 64, B * T = 16k):
+#
+#   shape       sdpa causal   sdpa + dense segment mask   our kernel, causal (before segments)
+#   B32 T512      0.25 ms            0.38 ms                     0.66 ms
+#   B8  T2048     0.40 ms            1.02 ms                     0.72 ms
+#   B4  T4096     0.68 ms            2.00 ms                     0.82 ms
+#
+# and 1.28-1.59x sdpa at 32 heads (plain causal, T 512-8192). The segment kernel was written without
+# a GPU at hand: these limits are the figures above, to be moved by the next measurement
+# (bench/gpu_check.sh prints the packed-pair table).
+SDPA_MAX_HEADS = 8
+"""Plain causal self-attention with at most this many heads goes to sdpa (faster at every H=8 shape)."""
+
+SEGMENT_MASK_MAX_T = 512
+"""Packed rows of at most this many tokens go to sdpa with a dense mask (0.38 vs 0.66 ms at B32 T512);
+longer rows (and flat rows of a whole batch) to the kernel's segment mode (never a dense mask there)."""
+
+
+def _speed_reason(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    causal: bool,
+    mask: torch.Tensor | None,
+    segmented: bool,
+    decode_max_t: int,
+) -> str | None:
+    """Why the automatic fused choice sends a call the kernel supports to sdpa (None: the kernel)."""
+    t, s = q.size(2), k.size(2)
+    if q.is_cuda and q.dtype == torch.float32:
+        return "float32 on CUDA (our kernel keeps fp32 exact, without tensor cores; sdpa is faster there)"
+    if segmented:
+        if t <= SEGMENT_MASK_MAX_T:
+            return (
+                f"packed rows of <= {SEGMENT_MASK_MAX_T} tokens: sdpa with a dense mask (H200, issue 17:"
+                " 0.38 vs 0.66 ms at B32 H8 T512)"
+            )
+        return None
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    if q.is_cuda and t <= decode_max_t and not grad:
+        return (
+            "a decode step (few queries, no grad): sdpa is faster there (the split-K kernel is bound by"
+            " host time: 0.06-0.24x sdpa on an H200, bench/attention.py)"
+        )
+    if causal and mask is None and t == s and q.size(1) <= SDPA_MAX_HEADS:
+        return (
+            f"causal attention with <= {SDPA_MAX_HEADS} heads: sdpa's flash kernel (H200, issue 17: 0.25-0.68 vs"
+            " 0.66-0.82 ms at 8 heads)"
+        )
+    return None
+
+
 def _fused(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: torch.Tensor | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    mask: torch.Tensor | None,
+    segments: SegmentBounds | None,
 ) -> torch.Tensor:
     from gptmed.model.kernels import triton_attention as ta
 
     key_mask, why = ta.as_key_mask(mask, q, k)
-    if why is None:
-        why = ta.unsupported_reason(q, k, v)
-    if why is None and q.is_cuda and q.dtype == torch.float32:
-        why = "float32 on CUDA (our kernel keeps fp32 exact, without tensor cores; sdpa is faster there)"
-    if why is None and q.is_cuda and q.size(2) <= ta.DECODE_MAX_T and not ta.needs_grad(q, k, v):
-        why = (
-            "a decode step (few queries, no grad): sdpa is faster there (the split-K kernel is bound by"
-            " host time: 0.06-0.24x sdpa on an H200, bench/attention.py)"
-        )
+    why = why or ta.unsupported_reason(q, k, v)
+    if why is None and segments is not None:
+        why = ta.segments_reason(q, k, (segments.lo, segments.hi))
+    if why is None and _routes():
+        why = _speed_reason(q, k, causal, mask, segments is not None, ta.DECODE_MAX_T)
     if why is not None:
         _fallback(why)
+        if segments is not None:
+            return masked_segment_attention(sdpa_attention, q, k, v, segments)
         return sdpa_attention(q, k, v, causal=causal, mask=mask)
+    if segments is not None:
+        return ta.flash_attention(q, k, v, causal=True, segments=(segments.lo, segments.hi))
     return ta.flash_attention(q, k, v, causal=causal, key_mask=key_mask)
 
 
@@ -235,18 +321,24 @@ def attention(
     *,
     causal: bool = True,
     mask: torch.Tensor | None = None,
+    segments: SegmentBounds | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention on the selected backend.
 
     q: (B, nh, T, hs); k, v: (B, nh, S, hs), S >= T; mask: bool, broadcastable to (B, nh, T, S).
+    segments: packed rows (:func:`segment_bounds`), for self-attention (S == T) without a mask: each
+    query sees the earlier keys of its own segment, padding sees nothing and its output is 0.
     Returns (B, nh, T, hs). See the module docstring for the causal alignment and the mask meaning.
     """
     backend = select_backend()
-    if backend == "sdpa":
-        return sdpa_attention(q, k, v, causal=causal, mask=mask)
-    if backend == "math":
-        return math_attention(q, k, v, causal=causal, mask=mask)
-    return _fused(q, k, v, causal, mask)
+    if segments is not None and (mask is not None or not causal or k.size(2) != q.size(2)):
+        raise ValueError("segments are for causal self-attention (S == T) without a mask")
+    if backend == "fused":
+        return _fused(q, k, v, causal, mask, segments)
+    fn = sdpa_attention if backend == "sdpa" else math_attention
+    if segments is not None:
+        return masked_segment_attention(fn, q, k, v, segments)
+    return fn(q, k, v, causal=causal, mask=mask)
 
 
 # -- packed rows: one causal sequence per run of equal segment id ("varlen") ---------------------------
