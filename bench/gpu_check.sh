@@ -62,5 +62,34 @@ else
   step train_tiny_cpu 60 "$PY" bench/train_step.py --no-hf --model-size tiny --batch-size 2 \
        --seq-len 64 --steps 2 --json
 fi
+
+# ==== trainer benchmark: bench/train.py --device cuda (issue 17; this block is bench/train.py's) =========
+# gptmed-train (default flags, then --compile) vs a plain HF GPT2LMHeadModel loop vs the bare compiled
+# step of bench/train_step.py; all of MedQuAD, medium, batch 32, bf16, T 512 and 2048; each run skips 10
+# steps, times 20. Estimate on one H100 / H200 (not yet measured there): data ~25 s (SentencePiece
+# training + two tokenizations; 0 s when $GPTMED_BENCH_CACHE already holds them), then per T 512:
+# gptmed-train eager ~20 s, HF loop ~20 s, bare compiled step ~45 s, gptmed-train --compile ~75 s, and
+# ~1.3x that at T 2048: ~6.5 minutes for all of it, more than this script's 5. So it gets what is left
+# of GPU_CHECK_BUDGET_S (default 295 s from the script's start), runs eager / HF / bare at 512, then at
+# 2048, the --compile runs last, and names each run that did not fit. All of it: run
+# `GPU_CHECK_BUDGET_S=720 bash bench/gpu_check.sh`, or `python bench/train.py --device cuda` alone.
+# MedQuAD must be inside the checkout (shared/datasets/medquad/train.qa.txt.gz): ../shared stays behind.
+train_paths="$PWD/packages/gptmed-train/src:$PWD/packages/gptmed-tokenizer/src:$PWD/packages/gptmed-data/src"
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  left=$((${GPU_CHECK_BUDGET_S:-295} - SECONDS))
+  if [ "$left" -gt 60 ]; then
+    step trainer_bench "$left" env PYTHONPATH="$train_paths:$PYTHONPATH" "$PY" bench/train.py --device cuda \
+         --time-limit $((left - 10)) --json "$RES/trainer_bench.json" --out "$RES/trainer_bench.md"
+  else
+    echo "=== trainer_bench skipped: ${left}s left of GPU_CHECK_BUDGET_S (run: python bench/train.py --device cuda)"
+  fi
+else
+  # the GPU mode's code at toy size on the CPU (tiny preset, embedded sample): ~50 s on 2 idle cores,
+  # two processes that each import torch and, with torch.optim, torch._dynamo (~18 s each there)
+  step trainer_bench_smoke 300 env PYTHONPATH="$train_paths:$PYTHONPATH" "$PY" bench/train.py --device cuda \
+       --smoke --seq-lens 64 --json "$RES/trainer_bench_smoke.json"
+fi
+# ==== end of the trainer benchmark block ================================================================
+
 echo "results in $RES"
 exit $status
