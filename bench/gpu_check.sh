@@ -10,7 +10,7 @@
 #   2. bench/attention.py --packed: the packed-pair table of issue 17 (today's sdpa + dense mask,
 #      FlexAttention document mask, sdpa causal, ours causal, ours with segments, ours on a flat row;
 #      wall and GPU ms) with the issue's two goals as ratios
-#   3. (gptmed-train's trainer benchmark goes here)
+#   3. bench/train.py --device cuda at T 512: gptmed-train vs the HF loop vs the bare compiled step
 #   4. bench/attention.py --quick: the causal table (ours vs sdpa flash, D 64/128) and decode
 #   5. medium-model bf16 torch.compile training step, our kernel forced, then sdpa
 # Without CUDA it runs the CPU path: the kernel parity tests under the Triton interpreter and tiny
@@ -62,7 +62,13 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
   step train_gpu_tests 40 env PYTHONPATH="$PWD/packages/gptmed-train/src:$PYTHONPATH" \
        "$PY" -m pytest packages/gptmed-train/tests -m gpu -q -p no:cacheprovider
   budget_step packed_attention 45 90 "$PY" bench/attention.py --packed --json "$RES/packed_attention.json"
-  # (3. gptmed-train's trainer benchmark: budget_step train_bench ...)
+  # 3. the trainer: gptmed-train (eager, default flags) vs the plain HF loop vs the bare compiled step,
+  #    medium, batch 32, bf16, T 512 (~85 s on an H100 / H200, estimated; data ~25 s unless
+  #    $GPTMED_BENCH_CACHE holds it). MedQuAD must be inside the checkout (shared/datasets/medquad/),
+  #    ../shared stays behind. The whole table (T 2048, --compile): python bench/train.py --device cuda
+  train_paths="$PWD/packages/gptmed-train/src:$PWD/packages/gptmed-tokenizer/src:$PWD/packages/gptmed-data/src"
+  budget_step trainer_bench 60 120 env PYTHONPATH="$train_paths:$PYTHONPATH" "$PY" bench/train.py --device cuda \
+       --seq-lens 512 --runs eager,hf,bare --time-limit 110 --json "$RES/trainer_bench.json" --out "$RES/trainer_bench.md"
   budget_step attention_bench 40 60 "$PY" bench/attention.py --quick --json "$RES/attention.json"
   for backend in fused sdpa; do  # fused forced: our kernel in every layer
     budget_step "train_medium_$backend" 45 70 "$PY" bench/train_step.py --device cuda --bf16 --compile --no-hf \
@@ -76,6 +82,10 @@ else
   step attention_bench 120 "$PY" bench/attention.py --smoke --json "$RES/attention.json"
   step train_tiny_cpu 60 "$PY" bench/train_step.py --no-hf --model-size tiny --batch-size 2 \
        --seq-len 64 --steps 2 --json
+  # the trainer benchmark's GPU-mode code at toy size (tiny preset, the embedded sample; ~50 s)
+  train_paths="$PWD/packages/gptmed-train/src:$PWD/packages/gptmed-tokenizer/src:$PWD/packages/gptmed-data/src"
+  step trainer_bench_smoke 300 env PYTHONPATH="$train_paths:$PYTHONPATH" "$PY" bench/train.py --device cuda \
+       --smoke --seq-lens 64 --json "$RES/trainer_bench_smoke.json"
 fi
 echo "results in $RES ($SECONDS s)"
 exit $status

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from datetime import datetime, timezone
@@ -142,7 +143,7 @@ def main() -> None:
     from gptmed.model import get_config
     from gptmed.model.sizes import size_report
 
-    cfg = get_config(args.model_size)
+    cfg = get_config(args.model_size, max_seq_len=max(512, args.seq_len))  # the context follows --seq-len
     B, T, dev = args.batch_size, args.seq_len, args.device
     flops_per_step = size_report(cfg, seq_len=T, batch_size=B).train_flops_per_token * B * T
     peak_dtype = torch.bfloat16 if args.bf16 else torch.float32
@@ -189,6 +190,13 @@ def main() -> None:
         "dropout": args.dropout,
         "load_avg": os.getloadavg()[0],
         "matmul_peak_gflops": round(max(peak, peak_after) / 1e9, 1),
+        # the process's peak: CUDA memory torch allocated, or resident memory on the CPU (MiB)
+        "peak_memory_mb": round(
+            torch.cuda.max_memory_allocated() / 2**20
+            if dev == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            1,
+        ),
         "attention_backend": __import__("gptmed.model.attention", fromlist=["x"]).backend_reason(),
         "models": {},
     }

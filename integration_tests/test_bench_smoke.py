@@ -5,6 +5,7 @@ breaking a test. Each runs at its smallest size, without the anchors that need e
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -80,3 +81,38 @@ def test_train_step_bench_runs_our_model(tmp_path: Path) -> None:
     report = json.loads(stdout[stdout.index("{") :])
     ours = report["models"]["gptmed"]
     assert ours["tokens_per_s"] > 0 and len(ours["step_s_all"]) == 2, ours
+
+
+def test_train_bench_gpu_mode_runs_on_the_cpu_at_toy_size(tmp_path: Path) -> None:
+    """bench/train.py --device cuda --smoke: the GPU mode's code (data preparation, gptmed-train timed
+    from its metrics.jsonl, the bare step of train_step.py, the HF loop where transformers is installed,
+    the table and the goal ratios) on the CPU, tiny preset, the embedded sample."""
+    out = tmp_path / "train.json"
+    args = [
+        "--device",
+        "cuda",
+        "--smoke",
+        "--seq-lens",
+        "64",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--json",
+        str(out),
+    ]
+    stdout = run(["python", str(BENCH / "train.py"), *args], tmp_path, timeout=300).stdout
+    report = json.loads(out.read_text())
+    runs = {row["run"]: row for row in report["rows"]}
+    hf = importlib.util.find_spec("transformers") is not None
+    assert set(runs) == {"eager", "bare"} | ({"hf"} if hf else set()), report["rows"]
+    for row in runs.values():
+        assert row["status"] == "ok" and row["seq_len"] == 64, row
+        assert len(row["step_s"]) == 20 and row["useful_tokens_per_s"] > 0 and row["mfu"] > 0, row
+        assert row["peak_memory_mb"] > 0, row
+    eager = runs["eager"]
+    assert eager["layout"] == "rows" and eager["precision"] == "fp32", eager  # the CPU's defaults
+    assert 0 < eager["useful_tokens_per_s"] < eager["slots_per_s"], eager  # the sample's rows have padding
+    anchors = {(r["ours"], r["anchor"]) for r in report["ratios"]}
+    assert anchors == {("eager", "bare")} | ({("eager", "hf")} if hf else set()), report["ratios"]
+    assert "| 64 | gptmed-train, default flags (eager) |" in stdout, stdout
+    if not hf:
+        assert "HF runs skipped: transformers is not installed" in stdout, stdout
