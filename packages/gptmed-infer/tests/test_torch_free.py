@@ -15,6 +15,7 @@ RUNTIME_MODULES = [
     "gptmed.inference.streaming",
     "gptmed.inference.evaluate",
     "gptmed.inference.cli",
+    "gptmed.inference.server",  # the [serve] extra: starlette, uvicorn, prometheus-client
 ]
 
 
