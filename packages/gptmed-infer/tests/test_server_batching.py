@@ -221,3 +221,31 @@ def test_metrics_count_outcomes_tokens_and_latencies(onnx_gen, artifacts) -> Non
         assert _metric(page, "gptmed_time_to_first_token_seconds_count") == 2
         assert _metric(page, "gptmed_time_per_output_token_seconds_count") >= 3
         assert _metric(page, "gptmed_batch_size") == 0
+
+
+def test_a_queued_client_that_leaves_frees_its_place(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    from test_server import _LONG, _raw_post
+
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.025, eos=onnx_gen.special_ids.eos)
+
+    def waiting(count: int) -> dict[str, Any]:
+        deadline = time.time() + 5
+        while (h := httpx.get(url + "/health").json())["waiting"] != count:
+            assert time.time() < deadline, h
+            time.sleep(0.02)
+        return h  # type: ignore[no-any-return]
+
+    for url in _start(gen, max_batch=1, max_queue=2):
+        running = _raw_post(url, {**_LONG, "stream": True})
+        assert b"200 OK" in running.recv(4096)
+        first = _raw_post(url, {**_LONG, "stream": True})  # waits for the running one (64 steps)
+        waiting(1)
+        second = _raw_post(url, _LONG)  # plain, behind the first
+        waiting(2)
+        second.close()
+        h = waiting(1)  # was: held its place until it reached the head of the queue
+        assert h["active"] == 1 and h["cancelled"] == 1
+        third = _raw_post(url, _LONG)  # takes the place: not a 429
+        h = waiting(2)
+        for sock in (third, first, running):
+            sock.close()

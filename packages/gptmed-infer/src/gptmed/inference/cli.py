@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -552,6 +553,9 @@ def serve_cmd(
             read_timeout=read_timeout,
             shutdown_timeout=shutdown_timeout,
         )
+        # onnxruntime's workers spin between kernels by default; a server's event loop and scheduler
+        # threads need those cores (bench/serve.py: 2x tokens/s at 16 clients on 2 cores without)
+        os.environ.setdefault("GPTMED_ORT_SPIN", "0")
         sockets = bind_sockets(host, port)  # a port in use fails here, before loading the model
         try:
             gen = _open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")

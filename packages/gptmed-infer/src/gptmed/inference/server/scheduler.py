@@ -203,6 +203,8 @@ class Scheduler:
         self._post(out)
 
     def _iteration(self, out: list[tuple[Job, Event]]) -> None:
+        """One prefill unit, then one decode step; events of the first go out before the second
+        (a newcomer's first token does not wait for the step)."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self._end_all(out, shutting_down())
             return
@@ -211,6 +213,9 @@ class Scheduler:
             self._admit()
         self._prefill(out)
         if self._rows:
+            if out:
+                self._post(out[:])
+                out.clear()
             self._decode(out)
 
     def _post(self, out: list[tuple[Job, Event]]) -> None:
@@ -270,9 +275,10 @@ class Scheduler:
 
     def _drop_cancelled(self) -> None:
         with self._wake:
-            for job in [j for j in self._ready if j.cancelled.is_set()]:
-                self._ready.remove(job)
-                self._cancelled(job)
+            for queue in (self._waiting, self._ready):
+                for job in [j for j in queue if j.cancelled.is_set()]:
+                    queue.remove(job)
+                    self._cancelled(job)
             if self._chunked is not None and self._chunked.job.cancelled.is_set():
                 self._cancelled(self._chunked.job)
                 self._chunked = None
