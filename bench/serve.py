@@ -2,7 +2,7 @@
 driven by the official `openai` async client at 1, 4, 16 and 32 concurrent clients.
 
     python bench/serve.py [--size small] [--clients 1 4 16 32] [--requests 32] [--max-tokens 64]
-                          [--variants fp32 int8] [--max-batch 16] [--workdir /tmp/gptmed-bench-generate]
+                          [--variants fp32 int8] [--max-batch 16] [--rounds 1] [--workdir /tmp/gptmed-bench-generate]
                           [--json out.json]
 
 Per variant (fp32, int8) two servers run the same bundle, side by side in the same run:
@@ -184,12 +184,21 @@ async def _drive(
     await _one(client, questions[-1], 4, Run("warm-up", 1))
     start = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(clients)))
-    run.seconds = time.perf_counter() - start
+    run.seconds += time.perf_counter() - start
     await client.close()
 
 
-def measure(url: str, label: str, questions: list[str], clients: int, requests: int, max_tokens: int) -> Run:
-    run = Run(label, clients)
+def measure(
+    url: str,
+    label: str,
+    questions: list[str],
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    run: Run | None = None,
+) -> Run:
+    """One round of ``requests`` at ``clients``; added to ``run`` (tokens, time, latencies) when given."""
+    run = run or Run(label, clients)
     asyncio.run(_drive(url, questions, clients, max(requests, 2 * clients), max_tokens, run))
     return run
 
@@ -258,6 +267,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     ap.add_argument("--requests", type=int, default=32, help="requests per row (at least 2 per client)")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=1, help="alternated rounds per row (totals over them)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     ap.add_argument("--long-prompt", type=int, default=400, help="prompt tokens of the prefill-stall test")
@@ -292,8 +302,14 @@ def main() -> None:
             Server(bundle, "--max-batch", "1", "--max-queue", "64", *int8) as single,
         ):
             for clients in args.clients:  # the two servers alternate: the machine's load hits both
-                base = measure(single.url, single_label, questions, clients, args.requests, args.max_tokens)
-                run = measure(batched.url, batched_label, questions, clients, args.requests, args.max_tokens)
+                base, run = Run(single_label, clients), Run(batched_label, clients)
+                for _round in range(args.rounds):  # alternated: the rows' totals over the rounds
+                    measure(
+                        single.url, single_label, questions, clients, args.requests, args.max_tokens, base
+                    )
+                    measure(
+                        batched.url, batched_label, questions, clients, args.requests, args.max_tokens, run
+                    )
                 rows += [_row(base, None), _row(run, base)]
                 runs.setdefault("single", []).append(base)
                 runs.setdefault("batched", []).append(run)

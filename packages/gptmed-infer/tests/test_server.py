@@ -48,24 +48,20 @@ def server(onnx_gen) -> Iterator[str]:  # type: ignore[no-untyped-def]
     yield from _start(onnx_gen)
 
 
-@pytest.fixture(scope="module")
-def slow(onnx_gen, artifacts):  # type: ignore[no-untyped-def]
-    """A server whose every decode step takes 25 ms more and where EOS never wins (so a stream is
-    still running: every request generates all its max_tokens)."""
-    from gptmed.inference import TextGenerator
-
-    backend = SlowBackend(onnx_gen.backend, eos=onnx_gen.special_ids.eos)
-    gen = TextGenerator(model=backend, tokenizer_path=str(artifacts.bundle / "tokenizer.model"))
-    for url in _start(gen):
-        yield url, backend
-
-
 def _never_ends(onnx_gen, artifacts):  # type: ignore[no-untyped-def]
     """A generator where EOS never wins: every request generates all its max_tokens, 25 ms a step."""
     from gptmed.inference import TextGenerator
 
     backend = SlowBackend(onnx_gen.backend, eos=onnx_gen.special_ids.eos)
     return TextGenerator(model=backend, tokenizer_path=str(artifacts.bundle / "tokenizer.model"))
+
+
+@pytest.fixture(scope="module")
+def slow(onnx_gen, artifacts):  # type: ignore[no-untyped-def]
+    """A server on :func:`_never_ends` (so a stream is still running when a test acts on it)."""
+    gen = _never_ends(onnx_gen, artifacts)
+    for url in _start(gen):
+        yield url, gen.backend
 
 
 def _client(url: str, key: str = KEY):  # type: ignore[no-untyped-def]
