@@ -19,13 +19,14 @@ openai = pytest.importorskip("openai")
 
 from gptmed.core import ConfigError  # noqa: E402
 from gptmed.inference.server import ServerConfig, build_server, check_bind  # noqa: E402
+from server_backends import SlowBackend  # noqa: E402
 
 KEY = "sk-test-0123456789"
 
 
 def _start(gen, max_queue: int = 0, **config: Any) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The server `gptmed-infer serve` runs (build_server), on a free port, in a thread."""
-    settings = {"max_concurrency": 1, "max_tokens": 64, "max_body": 8192, **config}
+    settings = {"max_batch": 1, "max_tokens": 64, "max_body": 8192, **config}
     cfg = ServerConfig(api_key=KEY, port=0, max_queue=max_queue, **settings)
     srv = build_server(gen, cfg, log_level="warning")
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -38,10 +39,8 @@ def _start(gen, max_queue: int = 0, **config: Any) -> Iterator[str]:  # type: ig
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
-    pool = srv.config.app.state.api.pool  # the generation threads end with the server
-    for worker in list(pool._threads):
-        worker.join(timeout=5)
-        assert not worker.is_alive(), worker.name
+    scheduler = srv.config.app.state.api.scheduler  # the generation thread ends with the server
+    assert scheduler.thread is None or not scheduler.thread.is_alive()
 
 
 @pytest.fixture(scope="module")
@@ -49,53 +48,20 @@ def server(onnx_gen) -> Iterator[str]:  # type: ignore[no-untyped-def]
     yield from _start(onnx_gen)
 
 
-class _SlowBackend:
-    """The real onnxruntime backend, 25 ms slower per decode step (so a stream is still running)."""
+def _never_ends(onnx_gen, artifacts):  # type: ignore[no-untyped-def]
+    """A generator where EOS never wins: every request generates all its max_tokens, 25 ms a step."""
+    from gptmed.inference import TextGenerator
 
-    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
-        self.inner, self.config, self.name = inner, inner.config, "slow-onnxruntime"
-        self.steps = 0
-
-    def prefill(self, ids, mask, capacity=None):  # type: ignore[no-untyped-def]
-        return self.inner.prefill(ids, mask, capacity)
-
-    def decode(self, state, tokens):  # type: ignore[no-untyped-def]
-        self.steps += 1
-        time.sleep(0.025)
-        return self.inner.decode(state, tokens)
-
-    def forward(self, ids, mask):  # type: ignore[no-untyped-def]
-        return self.inner.forward(ids, mask)
-
-
-class _NeverEnds(_SlowBackend):
-    """EOS never wins: every request generates all its max_tokens, 25 ms a step."""
-
-    def __init__(self, inner, eos: int) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(inner)
-        self.eos = eos
-
-    def prefill(self, ids, mask, capacity=None):  # type: ignore[no-untyped-def]
-        logits, state = super().prefill(ids, mask, capacity)
-        return self._no_eos(logits), state
-
-    def decode(self, state, tokens):  # type: ignore[no-untyped-def]
-        return self._no_eos(super().decode(state, tokens))
-
-    def _no_eos(self, logits):  # type: ignore[no-untyped-def]
-        logits = logits.copy()
-        logits[:, self.eos] = -1e9
-        return logits
+    backend = SlowBackend(onnx_gen.backend, eos=onnx_gen.special_ids.eos)
+    return TextGenerator(model=backend, tokenizer_path=str(artifacts.bundle / "tokenizer.model"))
 
 
 @pytest.fixture(scope="module")
 def slow(onnx_gen, artifacts):  # type: ignore[no-untyped-def]
-    from gptmed.inference import TextGenerator
-
-    backend = _SlowBackend(onnx_gen.backend)
-    gen = TextGenerator(model=backend, tokenizer_path=str(artifacts.bundle / "tokenizer.model"))
+    """A server on :func:`_never_ends` (so a stream is still running when a test acts on it)."""
+    gen = _never_ends(onnx_gen, artifacts)
     for url in _start(gen):
-        yield url, backend
+        yield url, gen.backend
 
 
 def _client(url: str, key: str = KEY):  # type: ignore[no-untyped-def]
@@ -113,7 +79,7 @@ def _error(r: httpx.Response) -> dict[str, object]:
     return err  # type: ignore[no-any-return]
 
 
-# sampled without a matching stop string: runs its 64 tokens (>= 1.6 s on the slow backend)
+# no EOS on the slow backend, no matching stop string: runs its 64 tokens (>= 1.6 s there)
 _LONG = {
     "prompt": "What is fever?",
     "temperature": 1.5,
@@ -356,12 +322,7 @@ def test_over_the_concurrency_limit_is_fast_429_and_disconnect_stops_generation(
 def test_a_bounded_queue_serves_the_slot_and_the_queue_and_refuses_the_rest(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
     from concurrent.futures import ThreadPoolExecutor
 
-    from gptmed.inference import TextGenerator
-
-    tokenizer = str(artifacts.bundle / "tokenizer.model")
-    gen = TextGenerator(
-        model=_NeverEnds(onnx_gen.backend, onnx_gen.special_ids.eos), tokenizer_path=tokenizer
-    )
+    gen = _never_ends(onnx_gen, artifacts)
     # every request generates 40 tokens at >= 25 ms each (>= 1 s): all four arrive while the first runs
     body = {"prompt": "What is fever?", "temperature": 0, "max_tokens": 40, "stop": ["zzzz"]}
 
@@ -422,18 +383,13 @@ def test_a_client_leaving_a_non_streamed_request_stops_its_generation(slow) -> N
     assert backend.steps == steps
 
 
-def test_more_slots_than_the_default_thread_pool_all_run_at_once(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
-    """asyncio's default pool has min(32, cores + 4) threads (6 on 2 cores): slots beyond it only
-    queued. The server's own pool has one thread per slot."""
+def test_a_full_batch_runs_at_once(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """Every request of a full batch gets its first text at once, none waits for another (with a
+    thread per request, asyncio's default pool of min(32, cores + 4) threads queued those beyond)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gptmed.inference import TextGenerator
-
     slots = (os.cpu_count() or 1) + 6
-    gen = TextGenerator(
-        model=_NeverEnds(onnx_gen.backend, onnx_gen.special_ids.eos),
-        tokenizer_path=str(artifacts.bundle / "tokenizer.model"),
-    )
+    gen = _never_ends(onnx_gen, artifacts)
     body = {**_LONG, "stream": True}
 
     def first_piece(url: str) -> float:
@@ -448,11 +404,11 @@ def test_more_slots_than_the_default_thread_pool_all_run_at_once(onnx_gen, artif
         assert first is not None
         return first
 
-    for url in _start(gen, max_concurrency=slots):
+    for url in _start(gen, max_batch=slots):
         with ThreadPoolExecutor(slots) as pool:
             waits = list(pool.map(first_piece, [url] * slots))
-        # a generation of 64 steps takes >= 1.6 s: one that waited for a thread would show it
-        assert max(waits) < 1.2, waits
+        # a generation of 64 steps takes >= 1.6 s: one that waited for another would be that late
+        assert max(waits) - min(waits) < 1.2, waits
 
 
 def test_slow_headers_are_cut_off_and_a_slow_body_is_408(onnx_gen) -> None:  # type: ignore[no-untyped-def]
@@ -494,27 +450,18 @@ def test_slow_headers_are_cut_off_and_a_slow_body_is_408(onnx_gen) -> None:  # t
 
 
 _DRAIN_SCRIPT = """
-import sys, time
+import sys
+sys.path.insert(0, sys.argv[3])
 from gptmed.inference import TextGenerator
 from gptmed.inference.server import ServerConfig, build_server
+from server_backends import SlowBackend
 
 bundle, port = sys.argv[1], int(sys.argv[2])
 inner = TextGenerator.from_bundle(bundle)
-
-class Slow:  # 50 ms a step, EOS never wins: every request runs all its tokens
-    def __init__(self):
-        self.config, self.name = inner.backend.config, "slow"
-    def _no_eos(self, logits):
-        logits = logits.copy(); logits[:, inner.special_ids.eos] = -1e9; return logits
-    def prefill(self, ids, mask, capacity=None):
-        logits, state = inner.backend.prefill(ids, mask, capacity); return self._no_eos(logits), state
-    def decode(self, state, tokens):
-        time.sleep(0.05); return self._no_eos(inner.backend.decode(state, tokens))
-    def forward(self, ids, mask):
-        return inner.backend.forward(ids, mask)
-
-gen = TextGenerator(model=Slow(), tokenizer_path=bundle + "/tokenizer.model")
-build_server(gen, ServerConfig(port=port, max_concurrency=4, shutdown_timeout=2.0), log_level="warning").run()
+# 50 ms a step, EOS never wins: every request runs all its tokens
+slow = SlowBackend(inner.backend, delay=0.05, eos=inner.special_ids.eos)
+gen = TextGenerator(model=slow, tokenizer_path=bundle + "/tokenizer.model")
+build_server(gen, ServerConfig(port=port, max_batch=4, shutdown_timeout=3.0), log_level="warning").run()
 """
 
 
@@ -529,7 +476,7 @@ def test_sigterm_ends_long_requests_with_openai_errors_not_plain_500s(artifacts,
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _DRAIN_SCRIPT, str(artifacts.bundle), str(port)],
+        [sys.executable, "-c", _DRAIN_SCRIPT, str(artifacts.bundle), str(port), os.path.dirname(__file__)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -558,7 +505,10 @@ def test_sigterm_ends_long_requests_with_openai_errors_not_plain_500s(artifacts,
         with ThreadPoolExecutor(3) as pool:
             long_plain, long_stream = pool.submit(plain), pool.submit(streamed)
             short = pool.submit(lambda: httpx.post(url + "/v1/completions", json=quick, timeout=30))
-            time.sleep(0.3)  # all three running (80 steps = 4 s; 10 steps = 0.5 s)
+            with httpx.Client() as probe:  # all three running (80 steps >= 4 s; 10 steps >= 0.5 s: 2 s to go)
+                while probe.get(url + "/health").json()["active"] < 3:
+                    assert time.time() < deadline
+                    time.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             r = short.result()
             assert (

@@ -19,6 +19,17 @@ import tempfile
 from pathlib import Path
 
 
+def check_server_files() -> None:
+    """The chat page ships inside the wheel, and the [serve] extra brings no torch."""
+    from importlib.metadata import files, requires
+
+    shipped = {str(f).replace("\\", "/") for f in files("gptmed-infer") or ()}
+    for name in ("index.html", "chat.js", "chat.css"):
+        assert f"gptmed/inference/server/static/{name}" in shipped, f"the wheel lacks the chat page's {name}"
+    serve = [r for r in requires("gptmed-infer") or () if "extra == " in r and "serve" in r.split(";")[1]]
+    assert serve and not any(r.startswith(("torch", "onnx ", "onnx>", "gptmed-model")) for r in serve), serve
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: check_wheel_install.py BUNDLE_DIR [QUESTION] [EXPECTED]")
@@ -51,6 +62,7 @@ def main() -> None:
     ).stdout.strip()
     assert out == answer, (out, answer)
     check_export_needs_the_extra(Path(script).with_name("gptmed-infer"))
+    check_server_files()
     print("wheel check passed: torch-free install answers from the bundle")
 
 

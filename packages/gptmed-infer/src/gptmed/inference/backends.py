@@ -9,6 +9,10 @@ A backend answers three calls on numpy arrays:
   the KV cache in ``state``.
 * ``forward(input_ids, attention_mask) -> logits (B, T, V)``: every position (for eval).
 
+:class:`OnnxBackend` also serves continuous batching (the server's scheduler,
+:class:`BatchingBackend`): a :class:`LiveBatch` whose rows join after their prefill and leave
+between decode steps, prompts prefilled in chunks (:meth:`OnnxBackend.extend`).
+
 :class:`OnnxBackend` (onnxruntime, no torch) lives here; the torch backend is in
 :mod:`gptmed.inference.export.torch_backend` and is imported only when a torch model is given.
 """
@@ -17,14 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from gptmed.core import BundleError, ModelConfig
 from gptmed.inference.bundle import Bundle, kv_head_dim
 
-__all__ = ["Backend", "OnnxBackend", "position_ids_from_mask"]
+__all__ = ["Backend", "BatchingBackend", "LiveBatch", "OnnxBackend", "position_ids_from_mask"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +45,30 @@ class Backend(Protocol):
     def decode(self, state: Any, tokens: np.ndarray) -> np.ndarray: ...
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class BatchingBackend(Protocol):
+    """A backend whose batch can change between decode steps (see :class:`OnnxBackend`)."""
+
+    config: ModelConfig
+    name: str
+
+    def prefill(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int | None = None
+    ) -> tuple[np.ndarray, Any]: ...
+
+    def extend(self, state: Any, input_ids: np.ndarray) -> np.ndarray: ...
+
+    def kv_bytes_per_token(self) -> int: ...
+
+    def reserve(self, live: LiveBatch, rows: int, capacity: int) -> None: ...
+
+    def join(self, live: LiveBatch, state: Any, rows: Sequence[int]) -> None: ...
+
+    def step(self, live: LiveBatch, tokens: np.ndarray) -> np.ndarray: ...
+
+    def keep(self, live: LiveBatch, rows: np.ndarray) -> None: ...
 
 
 def position_ids_from_mask(attention_mask: np.ndarray) -> np.ndarray:
@@ -62,6 +91,35 @@ class _OrtState:
     @property
     def capacity(self) -> int:
         return int(self.buffers[0].shape[2])
+
+
+@dataclass
+class LiveBatch:
+    """The KV cache of a batch whose rows join and leave between decode steps.
+
+    ``store`` holds per past input one ``(R, nh, capacity, hs)`` buffer; rows ``0..n-1`` are the
+    live ones, in the caller's row order, row b with ``lengths[b]`` keys at positions
+    ``0..lengths[b]-1``. Rows ``n..R-1`` are free. Only :class:`OnnxBackend` methods change it."""
+
+    store: list[np.ndarray] = field(default_factory=list)
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (n,)
+    bound: _OrtState | None = None  # the live rows' views, bound for the next step (None: rebind)
+
+    @property
+    def rows(self) -> int:
+        """Live rows (n)."""
+        return len(self.lengths)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows allocated R, keys per row) of the store; (0, 0) before the first join."""
+        if not self.store:
+            return 0, 0
+        return int(self.store[0].shape[0]), int(self.store[0].shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.store)
 
 
 def _session_options(threads: int | None) -> Any:
@@ -230,6 +288,87 @@ class OnnxBackend:
         state.lengths = state.lengths + 1
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(batch, 1)
         return self._run(state, ids, pos, needed, keep=1)[:, -1, :].copy()
+
+    # ------------------------------------------------------------------------------ continuous batching
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one key position of one row takes (every layer, keys and values)."""
+        return len(self._past_names) * self.config.n_heads * kv_head_dim(self.config) * 4
+
+    def extend(self, state: _OrtState, input_ids: np.ndarray) -> np.ndarray:
+        """``input_ids`` (B, T): T more tokens after every row of ``state`` (the next chunk of a
+        prompt whose first chunk went through :meth:`prefill`) -> logits (B, V) of each row's
+        last new token. A prompt prefilled in chunks gets the same cache and logits as in one run."""
+        width = input_ids.shape[1]
+        past = state.lengths
+        total = int(past.max()) + width
+        if total > state.capacity:
+            if total > self.config.max_seq_len:
+                raise ValueError(
+                    f"sequence of {total} tokens exceeds the model's context of {self.config.max_seq_len}"
+                )
+            self._grow(state, total)
+        pos = past[:, None] + np.arange(width, dtype=np.int64)  # (B, T): positions after each row's keys
+        state.lengths = past + width
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        return self._run(state, ids, pos, total, keep=1)[:, -1, :].copy()
+
+    def reserve(self, live: LiveBatch, rows: int, capacity: int) -> None:
+        """Make ``live``'s store hold at least ``rows`` rows of ``capacity`` keys (it grows, and
+        copies the live rows once, only when it is smaller). A new ``LiveBatch()`` frees it all."""
+        have_rows, have_keys = live.shape
+        if rows <= have_rows and capacity <= have_keys:
+            return
+        rows, capacity = max(rows, have_rows), min(max(capacity, have_keys), self.config.max_seq_len)
+        shape = (rows, self.config.n_heads, capacity, kv_head_dim(self.config))  # (R, nh, capacity, hs)
+        store = [np.zeros(shape, dtype=np.float32) for _ in self._past_names]
+        n = live.rows
+        for new, old in zip(store, live.store, strict=True) if n else ():
+            new[:n, :, :have_keys] = old[:n]  # the live rows' keys; the rest is free
+        live.store, live.bound = store, None
+
+    def join(self, live: LiveBatch, state: _OrtState, rows: Sequence[int]) -> None:
+        """Append rows ``rows`` of ``state`` (a finished prefill) after ``live``'s rows, in that
+        order; the store must have room (:meth:`reserve`)."""
+        n, have_rows = live.rows, live.shape[0]
+        lengths = state.lengths[np.asarray(rows, dtype=np.int64)]
+        if n + len(lengths) > have_rows or int(lengths.max(initial=0)) > live.shape[1]:
+            raise ValueError(
+                f"the live batch has room for {have_rows} rows of {live.shape[1]} keys; "
+                f"{n} + {len(lengths)} rows of up to {int(lengths.max(initial=0))} keys do not fit (reserve first)"
+            )
+        for dst, src in zip(live.store, state.buffers, strict=True):
+            for i, (row, length) in enumerate(zip(rows, lengths, strict=True)):
+                dst[n + i, :, :length] = src[row, :, :length]
+        live.lengths = np.concatenate([live.lengths, lengths])
+        live.bound = None
+
+    def step(self, live: LiveBatch, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` (n,): one more token per live row -> logits (n, V). Grows the store when a
+        row would outrun it (the scheduler reserves enough, so this should not happen)."""
+        n = live.rows
+        if len(tokens) != n:
+            raise ValueError(f"{len(tokens)} tokens for {n} live rows")
+        needed = int(live.lengths.max()) + 1
+        if needed > live.shape[1]:
+            self.reserve(live, live.shape[0], needed)
+        if live.bound is None:
+            views = [buf[:n] for buf in live.store]  # contiguous: rows are the leading axis
+            live.bound = _OrtState(self.session.io_binding(), views, live.lengths)
+            self._bind_cache(live.bound)
+        live.bound.lengths = live.lengths
+        logits = self.decode(live.bound, tokens)
+        live.lengths = live.bound.lengths
+        return logits
+
+    def keep(self, live: LiveBatch, rows: np.ndarray) -> None:
+        """Keep the live rows ``rows`` (indices, in their new order) and drop the others; only
+        rows that change place are copied."""
+        rows = np.asarray(rows, dtype=np.int64)
+        moved = np.flatnonzero(rows != np.arange(len(rows)))
+        for buf in live.store if len(moved) else ():
+            buf[moved] = buf[rows[moved]]  # the right side is a copy: overlapping moves are safe
+        live.lengths = live.lengths[rows]
+        live.bound = None
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits at every position, in the caller's (e.g. left-padded) layout; padding positions get 0."""

@@ -1,0 +1,396 @@
+"""Continuous batching: one thread owns the model and the KV cache and serves every request.
+
+Each iteration of the scheduler thread
+
+1. admits waiting requests while the batch has fewer than ``max_batch`` rows and the KV store
+   they need fits in ``kv_cache_mb`` (the rest wait; beyond ``max_queue`` waiting, ``submit``
+   refuses with 429);
+2. prefills one unit of newcomers: several short prompts together (at most ``prefill_chunk``
+   padded tokens), or the next ``prefill_chunk`` tokens of one long prompt, so a long prompt
+   delays the running rows by one chunk per step instead of its whole prefill; a prompt whose
+   prefill is done samples its first token and joins the running rows;
+3. decodes one token for every running row in one batched step.
+
+Rows leave between steps, each on its own: EOS, a stop string, ``max_tokens``, its client gone,
+or the shutdown deadline. Each row samples with its own :class:`~gptmed.inference.Sampler` (its
+own parameters and seed) over its own logits, so its answer is the one it gets alone. Text comes
+out of an :class:`~gptmed.inference.AnswerStream` per row, as ``generate``/``stream`` produce it.
+Events go to each request's asyncio queue, once per iteration, through the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from gptmed.core import ConfigError, GenerationConfig
+from gptmed.inference.sampling import Sampler
+from gptmed.inference.server.config import ServerConfig
+from gptmed.inference.server.errors import APIError, rate_limited, shutting_down
+from gptmed.inference.server.metrics import Metrics
+from gptmed.inference.server.runners import Runner, make_runner
+from gptmed.inference.streaming import AnswerStream
+
+__all__ = ["Job", "Scheduler"]
+
+_log = logging.getLogger(__name__)
+
+Event = tuple[str, Any]  # ("piece", str) | ("end", (finish_reason, completion_tokens)) | ("error", APIError)
+_STORE_STEP = 64  # the KV store's keys per row grow in multiples of this
+
+
+@dataclass(eq=False)
+class Job:
+    """One request inside the scheduler. Only the scheduler thread touches its generation state."""
+
+    ids: list[int]  # the prompt (BOS + template)
+    config: GenerationConfig  # max_length set
+    stream: AnswerStream
+    sampler: Sampler
+    events: asyncio.Queue[Event]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+    tokens: int = 0  # answer tokens so far
+    pending: int = 0  # the last sampled token, fed to the model by the next step
+    last_token: float = 0.0  # perf_counter of the last token
+    ended: bool = False
+
+    @property
+    def reserve(self) -> int:
+        """Keys its row may need: the prompt and every answer token."""
+        return len(self.ids) + self.config.max_length
+
+
+@dataclass
+class _Chunked:
+    """A long prompt being prefilled chunk by chunk on its own cache."""
+
+    job: Job
+    handle: Any
+    done: int  # prompt tokens in the cache
+
+
+def _compaction(ended: Sequence[bool]) -> np.ndarray:
+    """The rows to keep, in their new order: the last running rows move into the holes the
+    ended ones leave among the first ``m`` (few rows are copied)."""
+    n = len(ended)
+    m = n - sum(ended)
+    keep = np.arange(m, dtype=np.int64)
+    holes = [i for i in range(m) if ended[i]]
+    movers = [i for i in range(m, n) if not ended[i]]
+    keep[holes] = movers
+    return keep
+
+
+class Scheduler:
+    """Runs every generation of a server on one thread (started by the first :meth:`submit`)."""
+
+    def __init__(self, generator: Any, config: ServerConfig, metrics: Metrics) -> None:
+        self.gen = generator
+        self.runner: Runner = make_runner(generator.backend)
+        self.metrics = metrics
+        self.max_batch, self.max_queue, self.chunk = config.max_batch, config.max_queue, config.prefill_chunk
+        self.budget = int(config.kv_cache_mb * 2**20)  # bytes
+        self.context = generator.config.max_seq_len
+        self.eos = generator.special_ids.eos
+        self.vocab = generator.config.vocab_size
+        row = self.context * self.runner.bytes_per_token
+        if row > self.budget:
+            raise ConfigError(
+                f"--kv-cache-mb {config.kv_cache_mb:g} cannot hold one request: this model needs "
+                f"{row / 2**20:.2f} MB for its context of {self.context} tokens; raise --kv-cache-mb"
+            )
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: deque[Job] = deque()  # submitted, not admitted
+        self._ready: deque[Job] = deque()  # admitted, prefill not started
+        self._chunked: _Chunked | None = None
+        self._rows: list[Job] = []  # running: row r of the runner is _rows[r]
+        self._target = (0, 0)  # the KV store shape the admitted rows need
+        self.inside = 0  # every job not ended (waiting or admitted)
+        self.cancelled = 0  # jobs whose client went away
+        self.deadline: float | None = None  # monotonic time at which every job ends with 503
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------ event loop side
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        """Admitted requests: running rows and those being prefilled."""
+        return self.inside - len(self._waiting)
+
+    @property
+    def batch(self) -> int:
+        return len(self._rows)
+
+    def submit(self, ids: list[int], config: GenerationConfig) -> Job:
+        """Queue a generation (from the event loop); 429 when ``max_batch + max_queue`` are inside,
+        503 once closed."""
+        job = Job(
+            ids,
+            config,
+            AnswerStream(self.gen.tokenizer.decode, config.stop),
+            Sampler(config, 1, self.vocab, [ids]),
+            asyncio.Queue(),
+        )
+        with self._wake:
+            if self._closed:
+                raise shutting_down()
+            if self.inside >= self.max_batch + self.max_queue:
+                raise rate_limited()
+            self.inside += 1
+            self._waiting.append(job)
+            self._wake.notify()
+        if self.thread is None:
+            self._loop = asyncio.get_running_loop()
+            self.thread = threading.Thread(target=self._serve, name="gptmed-scheduler", daemon=True)
+            self.thread.start()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client of ``job`` went away: its row leaves before the next step."""
+        if not job.ended:
+            job.cancelled.set()
+            with self._wake:
+                self._wake.notify()
+
+    def begin_drain(self, timeout: float) -> None:
+        """SIGTERM/SIGINT: jobs not done ``timeout - 1`` s from now end with 503 (1 s before the
+        server's own deadline, so each can still send its error)."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + max(timeout - 1.0, 0.0)
+            with self._wake:
+                self._wake.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread; jobs still inside end with 503."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    # ------------------------------------------------------------------------ the thread
+    def _serve(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not (self._waiting or self._ready or self._chunked or self._rows):
+                    self._wake.wait()
+                if self._closed:
+                    break
+            out: list[tuple[Job, Event]] = []
+            try:
+                self._iteration(out)
+            except Exception:
+                _log.exception("generation failed")
+                self._end_all(out, APIError(500, "internal error during generation", "server_error"))
+            self._post(out)
+        out = []
+        self._end_all(out, shutting_down())
+        self._post(out)
+
+    def _iteration(self, out: list[tuple[Job, Event]]) -> None:
+        """One prefill unit, then one decode step; events of the first go out before the second
+        (a newcomer's first token does not wait for the step)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._end_all(out, shutting_down())
+            return
+        self._drop_cancelled()
+        with self._wake:
+            self._admit()
+        self._prefill(out)
+        if self._rows:
+            if out:
+                self._post(out[:])
+                out.clear()
+            self._decode(out)
+
+    def _post(self, out: list[tuple[Job, Event]]) -> None:
+        if not out or self._loop is None:
+            return
+
+        def deliver() -> None:
+            for job, event in out:
+                job.events.put_nowait(event)
+
+        with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is listening any more
+            self._loop.call_soon_threadsafe(deliver)
+
+    # ------------------------------------------------------------------------ admission
+    def _admit(self) -> None:
+        """Waiting -> ready while the batch and the KV budget have room (lock held)."""
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled.is_set():
+                self._waiting.popleft()
+                self._cancelled(job)
+                continue
+            admitted = len(self._rows) + len(self._ready) + (self._chunked is not None)
+            if admitted >= self.max_batch:
+                return
+            shape = self._store_for(admitted + 1, max(self._target[1], job.reserve), admitted == 0)
+            if shape is None:
+                return
+            self._target = shape
+            self._ready.append(self._waiting.popleft())
+
+    def _store_for(self, rows: int, keys: int, alone: bool) -> tuple[int, int] | None:
+        """The KV store (rows, keys per row) for ``rows`` rows of up to ``keys`` keys within the
+        budget, grown from what is allocated (rows by powers of two up to ``max_batch``, keys in
+        steps of 64 up to the context); None when it does not fit. ``alone``: nothing else is
+        admitted, so a store that is too large is freed and allocated anew."""
+        per_key = self.runner.bytes_per_token
+        for attempt in range(2):
+            have_rows, have_keys = self.runner.shape
+            roomy = (
+                max(have_rows, min(self.max_batch, 1 << (rows - 1).bit_length())),
+                max(have_keys, min(self.context, -(-keys // _STORE_STEP) * _STORE_STEP)),
+            )
+            exact = (max(have_rows, rows), max(have_keys, keys))
+            for shape in (roomy, exact):
+                if shape[0] * shape[1] * per_key <= self.budget:
+                    return shape
+            if not alone or attempt:
+                return None
+            self.runner.reset()  # one row of the context always fits (checked at start)
+        return None
+
+    def _cancelled(self, job: Job) -> None:
+        job.ended = True
+        self.cancelled += 1
+        self.inside -= 1
+
+    def _drop_cancelled(self) -> None:
+        with self._wake:
+            for queue in (self._waiting, self._ready):
+                for job in [j for j in queue if j.cancelled.is_set()]:
+                    queue.remove(job)
+                    self._cancelled(job)
+            if self._chunked is not None and self._chunked.job.cancelled.is_set():
+                self._cancelled(self._chunked.job)
+                self._chunked = None
+            gone = [job.cancelled.is_set() for job in self._rows]
+            for job, left in zip(self._rows, gone, strict=True):
+                if left:
+                    self._cancelled(job)
+        if any(gone):
+            self._compact()
+
+    # ------------------------------------------------------------------------ prefill
+    def _prefill(self, out: list[tuple[Job, Event]]) -> None:
+        """One unit of prefill: the next chunk of a long prompt, or a group of short ones."""
+        chunked = self._chunked
+        if chunked is not None:
+            piece = chunked.job.ids[chunked.done : chunked.done + self.chunk]
+            logits = self.runner.extend(chunked.handle, piece)
+            chunked.done += len(piece)
+            if chunked.done == len(chunked.job.ids):
+                self._chunked = None
+                self._started([chunked.job], logits, chunked.handle, out)
+            return
+        with self._wake:
+            if not self._ready:
+                return
+            first = self._ready.popleft()
+            if self.runner.chunked and len(first.ids) > self.chunk:
+                logits, handle = self.runner.prefill([first.ids[: self.chunk]], len(first.ids))
+                self._chunked = _Chunked(first, handle, self.chunk)
+                return
+            group, width = [first], len(first.ids)
+            while self._ready and (len(group) + 1) * max(width, len(self._ready[0].ids)) <= self.chunk:
+                group.append(self._ready.popleft())
+                width = max(width, len(group[-1].ids))
+        capacity = width if self.runner.chunked else max(job.reserve for job in group)
+        logits, handle = self.runner.prefill([job.ids for job in group], capacity)
+        self._started(group, logits, handle, out)
+
+    def _started(
+        self, jobs: list[Job], logits: np.ndarray, handle: Any, out: list[tuple[Job, Event]]
+    ) -> None:
+        """Prefilled ``jobs`` (logits (k, V)): sample each one's first token; those still going
+        join the running rows."""
+        self.metrics.prompt_tokens.inc(sum(len(job.ids) for job in jobs))
+        for i, job in enumerate(jobs):
+            self._accept(job, int(job.sampler.next_tokens(logits[i : i + 1])[0]), out)
+        joining = [i for i, job in enumerate(jobs) if not job.ended]
+        if joining:
+            self.runner.reserve(*self._target)
+            self.runner.join(handle, joining)
+            self._rows += [jobs[i] for i in joining]
+
+    # ------------------------------------------------------------------------ decode
+    def _decode(self, out: list[tuple[Job, Event]]) -> None:
+        tokens = np.fromiter((job.pending for job in self._rows), dtype=np.int64, count=len(self._rows))
+        logits = self.runner.step(tokens)  # (n, V)
+        for row, job in enumerate(self._rows):
+            self._accept(job, int(job.sampler.next_tokens(logits[row : row + 1])[0]), out)
+        if any(job.ended for job in self._rows):
+            self._compact()
+
+    def _compact(self) -> None:
+        keep = _compaction([job.ended for job in self._rows])
+        self.runner.keep(keep)
+        self._rows = [self._rows[int(r)] for r in keep]
+
+    def _accept(self, job: Job, token: int, out: list[tuple[Job, Event]]) -> None:
+        """A sampled token of ``job``: EOS ends it, else the text grows; a stop string or
+        ``max_tokens`` ends it after this token."""
+        now = time.perf_counter()
+        if job.tokens == 0:
+            self.metrics.ttft.observe(now - job.submitted)
+        else:
+            self.metrics.tpot.observe(now - job.last_token)
+        job.last_token = now
+        if token == self.eos:
+            self._finish(job, "stop", out)
+            return
+        job.tokens += 1
+        self.metrics.completion_tokens.inc()
+        piece = job.stream.push(token)
+        if piece:
+            out.append((job, ("piece", piece)))
+        if job.stream.stopped:
+            self._finish(job, "stop", out)
+        elif job.tokens >= job.config.max_length:
+            self._finish(job, "length", out)
+        else:
+            job.pending = token
+
+    def _finish(self, job: Job, reason: str, out: list[tuple[Job, Event]]) -> None:
+        rest = job.stream.finish()
+        if rest:
+            out.append((job, ("piece", rest)))
+        out.append((job, ("end", (reason, job.tokens))))
+        job.ended = True
+        with self._wake:
+            self.inside -= 1
+
+    def _end_all(self, out: list[tuple[Job, Event]], error: APIError) -> None:
+        """Every job inside ends with ``error`` (shutdown deadline, or a failed run)."""
+        with self._wake:
+            jobs = [*self._waiting, *self._ready, *self._rows]
+            if self._chunked is not None:
+                jobs.append(self._chunked.job)
+            self._waiting.clear()
+            self._ready.clear()
+            self._chunked, self._rows = None, []
+            for job in jobs:
+                if not job.ended:
+                    job.ended = True
+                    self.inside -= 1
+                    out.append((job, ("error", error)))
+        self.runner.reset()
+        self._target = (0, 0)

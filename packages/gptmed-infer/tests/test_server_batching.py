@@ -1,0 +1,251 @@
+"""Continuous batching in the server: the scheduler (directly, and through a real uvicorn), the
+KV budget, chunked prefill, rows leaving on their own, /metrics, and a .pt checkpoint (torch)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("prometheus_client")
+httpx = pytest.importorskip("httpx")
+
+from gptmed.core import ConfigError  # noqa: E402
+from gptmed.inference import TextGenerator, make_config  # noqa: E402
+from gptmed.inference.server import ServerConfig  # noqa: E402
+from gptmed.inference.server.metrics import Metrics  # noqa: E402
+from gptmed.inference.server.scheduler import Scheduler  # noqa: E402
+from server_backends import SerialSlowBackend, SlowBackend  # noqa: E402
+from test_server import KEY, _start  # noqa: E402
+
+QUESTIONS = [
+    "What is fever?",
+    "Explain 腎臓.",
+    "Tell me about café au lait spot, and then about asthma and about anemia.",
+    "What is insulin?",
+    "Tell me about a fracture.",
+    "What is hypertension and what is migraine?",
+]
+
+
+def _slow_gen(onnx_gen, artifacts, backend_type: type = SlowBackend, **kw: Any) -> TextGenerator:  # type: ignore[no-untyped-def]
+    backend = backend_type(onnx_gen.backend, **kw)
+    return TextGenerator(model=backend, tokenizer_path=str(artifacts.bundle / "tokenizer.model"))
+
+
+def _run(
+    gen: TextGenerator, requests: list[tuple[list[int], Any]], **config: Any
+) -> list[tuple[list[int], str, str]]:
+    """Every request through one scheduler at once -> (token ids, text, finish reason) each."""
+
+    async def main() -> list[tuple[list[int], str, str]]:
+        scheduler = Scheduler(gen, ServerConfig(**config), Metrics())
+        jobs = [scheduler.submit(ids, cfg) for ids, cfg in requests]
+
+        async def collect(job) -> tuple[list[int], str, str]:  # type: ignore[no-untyped-def]
+            text = ""
+            while True:
+                kind, value = await job.events.get()
+                if kind == "piece":
+                    text += value
+                elif kind == "end":
+                    return job.stream.ids, text, value[0]
+                else:
+                    raise value
+
+        try:
+            return list(await asyncio.gather(*(collect(job) for job in jobs)))
+        finally:
+            scheduler.close()
+            assert scheduler.inside == 0
+
+    return asyncio.run(main())
+
+
+def test_greedy_rows_in_one_batch_get_the_tokens_they_get_alone(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    configs = [make_config(gen.defaults, temperature=0.0, max_length=n) for n in (40, 6, 25, 3, 40, 12)]
+    requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(QUESTIONS, configs, strict=True)]
+    assert max(len(ids) for ids, _ in requests) > 12
+    # different max_tokens: rows leave at different steps; prompts over 12 tokens are chunked
+    got = _run(gen, requests, max_batch=4, prefill_chunk=12)
+    for q, cfg, (tokens, text, reason) in zip(QUESTIONS, configs, got, strict=True):
+        alone = gen.generate_results([q], config=cfg)[0]
+        assert tokens == alone.token_ids, q
+        assert text == alone.text
+        assert reason == {"eos": "stop"}.get(alone.finish_reason, alone.finish_reason)
+    widths = gen.backend.widths
+    assert max(widths) >= 3  # batched
+    assert any(b < a for a, b in itertools.pairwise(widths))  # and rows left on their own
+
+
+def test_seeded_rows_in_one_batch_get_the_text_they_get_alone(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    configs = [
+        make_config(gen.defaults, temperature=t, top_k=k, top_p=p, seed=seed, max_length=30)
+        for t, k, p, seed in [
+            (1.0, 0, 1.0, 1),
+            (0.7, 50, 0.9, 2),
+            (1.3, 0, 0.95, 3),
+            (0.9, 5, 1.0, 4),
+            (1.0, 0, 1.0, 1),
+        ]
+    ]
+    requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(QUESTIONS, configs, strict=False)]
+    got = _run(gen, requests, max_batch=8)
+    for q, cfg, (_tokens, text, _reason) in zip(QUESTIONS, configs, got, strict=False):
+        assert text == gen.generate(q, config=cfg), q
+    assert max(gen.backend.widths) > 1
+
+
+def test_the_kv_budget_bounds_the_batch_and_the_rest_waits(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    # two rows of 64 keys (the store's steps): the prompts (~10-40 tokens) + 20 answer tokens fit
+    two_rows = 2 * 64 * gen.backend.kv_bytes_per_token() / 2**20  # MB
+    configs = [make_config(gen.defaults, temperature=0.0, max_length=20) for _ in QUESTIONS]
+    requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(QUESTIONS, configs, strict=True)]
+    got = _run(gen, requests, max_batch=8, kv_cache_mb=two_rows)
+    assert max(gen.backend.widths) == 2  # max_batch would allow 6
+    for q, cfg, (tokens, _text, _reason) in zip(QUESTIONS, configs, got, strict=True):
+        assert tokens == gen.generate_results([q], config=cfg)[0].token_ids
+    with pytest.raises(ConfigError, match="cannot hold one request"):
+        Scheduler(gen, ServerConfig(kv_cache_mb=two_rows / 4), Metrics())
+
+
+def test_a_long_prompt_is_prefilled_between_the_steps_of_the_running_rows(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """Its chunks alternate with decode steps, and it then answers as it does alone."""
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    calls: list[str] = []
+    backend = gen.backend
+    for name in ("extend", "step"):
+        method = getattr(backend, name)
+
+        def logged(*args: Any, _name: str = name, _method: Any = method) -> Any:
+            calls.append(_name)
+            return _method(*args)
+
+        setattr(backend, name, logged)
+    short = make_config(gen.defaults, temperature=0.0, max_length=30)
+    long_q = "Tell me about " + ", ".join(["fever", "asthma", "anemia", "insulin", "migraine"] * 3) + "."
+    long_ids = gen.encode_prompt(long_q)
+    assert len(long_ids) > 4 * 16 and len(gen.encode_prompt("What is fever?")) <= 16
+    long_cfg = short.replace(max_length=gen.config.max_seq_len - len(long_ids))
+    got = _run(
+        gen,
+        [(gen.encode_prompt("What is fever?"), short), (long_ids, long_cfg)],
+        max_batch=4,
+        prefill_chunk=16,
+    )
+    extends = [i for i, c in enumerate(calls) if c == "extend"]
+    assert len(extends) == -(-len(long_ids) // 16) - 1  # every chunk after the first
+    assert all(calls[i + 1] == "step" for i in extends[:-1]), calls  # the running row went on between chunks
+    assert got[1][0] == gen.generate_results([long_q], config=long_cfg)[0].token_ids
+
+
+def test_a_checkpoint_on_torch_is_served_row_by_row(torch_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    for url in _start(torch_gen, max_batch=4, max_queue=4):
+        client = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+        def ask(q: str, client: OpenAI = client) -> str:
+            r = client.completions.create(model="gptmed", prompt=q, temperature=0, max_tokens=30)
+            return r.choices[0].text  # type: ignore[no-any-return]
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(ask, QUESTIONS[:4]))
+        assert answers == [torch_gen.generate(q, temperature=0, max_length=30) for q in QUESTIONS[:4]]
+
+
+def test_rows_of_a_backend_without_batching_take_turns(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    gen = _slow_gen(onnx_gen, artifacts, SerialSlowBackend, delay=0.002)
+    configs = [make_config(gen.defaults, temperature=0.0, max_length=n) for n in (20, 5, 20)]
+    requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(QUESTIONS, configs, strict=False)]
+    got = _run(gen, requests, max_batch=4)
+    for q, cfg, (tokens, _text, _reason) in zip(QUESTIONS, configs, got, strict=False):
+        assert tokens == gen.generate_results([q], config=cfg)[0].token_ids
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_outcomes_tokens_and_latencies(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.05, eos=onnx_gen.special_ids.eos)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for url in _start(gen, max_batch=1, max_queue=0):
+        assert httpx.get(url + "/metrics").status_code == 401  # behind the key, like the API
+        with httpx.stream(
+            "POST",
+            url + "/v1/completions",
+            headers=auth,
+            json={"prompt": "What is fever?", "max_tokens": 30, "stream": True},
+        ) as running:
+            lines = running.iter_lines()
+            assert next(lines).startswith("data: ")  # running: the batch is full
+            page = httpx.get(url + "/metrics", headers=auth).text
+            assert _metric(page, "gptmed_batch_size") == 1 and _metric(page, "gptmed_queue_depth") == 0
+            busy = httpx.post(url + "/v1/completions", headers=auth, json={"prompt": "What is fever?"})
+            assert busy.status_code == 429
+            bad = httpx.post(url + "/v1/completions", headers=auth, json={"prompt": "hi", "top_p": 7})
+            assert bad.status_code == 400
+        # the client left the stream: its row is freed
+        deadline = time.time() + 5
+        while httpx.get(url + "/health").json()["active"]:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        r = httpx.post(
+            url + "/v1/completions", headers=auth, json={"prompt": "What is fever?", "max_tokens": 4}
+        )
+        assert r.status_code == 200
+        page = httpx.get(url + "/metrics", headers=auth).text
+        assert page.startswith("# HELP")
+        for outcome, count in [
+            ("ok", 1),
+            ("cancelled", 1),
+            ("rate_limited", 1),
+            ("bad_request", 1),
+            ("error", 0),
+        ]:
+            assert _metric(page, f'gptmed_requests_total{{outcome="{outcome}"}}') == count, outcome
+        assert _metric(page, "gptmed_completion_tokens_total") >= 5
+        assert _metric(page, "gptmed_prompt_tokens_total") == 2 * len(gen.encode_prompt("What is fever?"))
+        assert _metric(page, "gptmed_time_to_first_token_seconds_count") == 2
+        assert _metric(page, "gptmed_time_per_output_token_seconds_count") >= 3
+        assert _metric(page, "gptmed_batch_size") == 0
+
+
+def test_a_queued_client_that_leaves_frees_its_place(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    from test_server import _LONG, _raw_post
+
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.025, eos=onnx_gen.special_ids.eos)
+
+    def waiting(count: int) -> dict[str, Any]:
+        deadline = time.time() + 5
+        while (h := httpx.get(url + "/health").json())["waiting"] != count:
+            assert time.time() < deadline, h
+            time.sleep(0.02)
+        return h  # type: ignore[no-any-return]
+
+    for url in _start(gen, max_batch=1, max_queue=2):
+        running = _raw_post(url, {**_LONG, "stream": True})
+        assert b"200 OK" in running.recv(4096)
+        first = _raw_post(url, {**_LONG, "stream": True})  # waits for the running one (64 steps)
+        waiting(1)
+        second = _raw_post(url, _LONG)  # plain, behind the first
+        waiting(2)
+        second.close()
+        h = waiting(1)  # was: held its place until it reached the head of the queue
+        assert h["active"] == 1 and h["cancelled"] == 1
+        third = _raw_post(url, _LONG)  # takes the place: not a 429
+        h = waiting(2)
+        for sock in (third, first, running):
+            sock.close()
