@@ -252,3 +252,61 @@ def test_reports_say_1_pair_not_1_pairs(cli, tmp_path):
     assert "note: 1 answer has more than 500 words" in result.stdout
     result = cli("split", tmp_path / "one.txt", "--out-dir", tmp_path / "e")
     assert result.exit_code == 1 and "1 distinct question is too few for val=0.1" in result.stderr
+
+
+# Every input option reaches the library through each command that reads an input: each run below
+# fails, or reads other pairs, when the command does not pass one of them on.
+READING_COMMANDS = ("convert", "validate", "stats", "split")
+
+
+def _read_with(cli, cmd: str, src: Path, out: Path, *args: str) -> tuple[int, list[tuple[str, str]], dict]:
+    """Run ``cmd`` on ``src`` with ``--json``: its exit code, the pairs it wrote (convert: the
+    output; split: train.txt, with --val 0) as sorted (question, answer), and its JSON report."""
+    written = {"convert": out / "out.txt", "split": out / "train.txt"}.get(cmd)
+    target = {"convert": ["-o", str(written)], "split": ["--out-dir", str(out), "--val", "0"]}.get(cmd, [])
+    result = cli(cmd, src, *target, "--json", *args)
+    pairs = read_pairs(written) if written is not None and written.exists() else []
+    report = json.loads(result.stdout) if result.stdout.startswith("{") else {}
+    return result.exit_code, sorted((p.question, p.answer) for p in pairs), report
+
+
+@pytest.mark.parametrize("cmd", READING_COMMANDS)
+def test_every_text_input_option_reaches_the_reader(cli, tmp_path, cmd):
+    # A CSV under a .txt name (--format), in Latin-1 (--encoding), separated by ~ (--delimiter:
+    # detection never tries it), with columns of no default name (--question/--answer-field), an
+    # empty answer (--skip-invalid) and a "²" that NFKC turns into "2" (a duplicate once normalised).
+    rows = ["Frage~Antwort", "Was ist ß?~Ein Buchstabe.", "Dose ²?~Zwei mg.", "Dose 2?~Zwei mg.", "Leer?~"]
+    src = tmp_path / "latin.txt"
+    src.write_bytes("\n".join(rows).encode("latin-1") + b"\n")
+    how = ["--format", "csv", "--encoding", "latin-1", "--delimiter", "~", "--question-field", "Frage"]
+    how += ["--answer-field", "Antwort", "--skip-invalid"]
+    code, pairs, report = _read_with(cli, cmd, src, tmp_path / "a", *how, "--unicode-normalize", "NFKC")
+    if cmd in ("convert", "split"):
+        expected = [("Dose 2?", "Zwei mg."), ("Dose 2?", "Zwei mg."), ("Was ist ß?", "Ein Buchstabe.")]
+        assert (code, pairs) == (0, expected), report
+    elif cmd == "stats":
+        assert (code, report["pairs"], report["exact_duplicates"]) == (0, 3, 1), report
+    else:  # validate lists invalid records whatever --skip-invalid says: exit 1 for the empty answer
+        assert (code, report["pairs"], sum(report["invalid"].values())) == (1, 3, 1), report
+    code, _, report = _read_with(cli, cmd, src, tmp_path / "b", *how, "--max-field-chars", "5")
+    assert code != 0 and report.get("pairs", 0) == 0, report  # "Buchstabe." is over 5 characters
+
+
+@pytest.mark.parametrize("cmd", READING_COMMANDS)
+def test_every_table_and_json_input_option_reaches_the_reader(cli, tmp_path, cmd):
+    db = make_sqlite(tmp_path / "two.db", [(p.question, p.answer) for p in PAIRS[:2]], table="a")
+    make_sqlite(db, [(p.question, p.answer) for p in PAIRS], table="b")  # two tables: --table/--query
+    doc = tmp_path / "doc.json"  # two lists of records: --records-key says which
+    doc.write_text(json.dumps({"old": ROWS[:1], "new": ROWS}))
+    runs = [
+        (db, ["--table", "b"], PAIRS),
+        (db, ["--query", "SELECT question, answer FROM b WHERE id = 2"], PAIRS[1:2]),
+        (doc, ["--records-key", "new"], PAIRS),
+    ]
+    for i, (src, args, expected) in enumerate(runs):
+        code, pairs, report = _read_with(cli, cmd, src, tmp_path / str(i), *args)
+        assert code == 0, (args, report)
+        if cmd in ("convert", "split"):
+            assert pairs == sorted((p.question, p.answer) for p in expected), args
+        else:
+            assert report["pairs"] == len(expected), args

@@ -27,7 +27,10 @@ def _debug_option(f: F) -> F:
 
 
 def _input_options(f: F) -> F:
-    """The options that say how to read an input file (shared by convert/validate/stats/split)."""
+    """The options that say how to read an input file (shared by convert/validate/stats/split).
+
+    Each of those commands names them as parameters (``format_``, ``question_field``, ...) and
+    passes each by name to its library call."""
     options = [
         click.option(
             "--format",
@@ -77,24 +80,6 @@ def _input_options(f: F) -> F:
     for opt in reversed(options):
         f = opt(f)
     return f
-
-
-def _read_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "question_field",
-        "answer_field",
-        "table",
-        "query",
-        "records_key",
-        "encoding",
-        "skip_invalid",
-        "unicode_normalize",
-        "max_field_chars",
-        "delimiter",
-    )
-    out = {k: kw.pop(k) for k in keys}
-    out["format"] = kw.pop("format_")
-    return out
 
 
 class _ProgressBar:
@@ -196,15 +181,61 @@ def main(ctx: click.Context, debug: bool) -> None:
 @_input_options
 @_debug_option
 @click.pass_context
-def convert(ctx: click.Context, /, input: Path, output: Path, debug: bool, as_json: bool, **kw: Any) -> None:
+def convert(
+    ctx: click.Context,
+    /,
+    input: Path,
+    output: Path,
+    output_format: str | None,
+    overwrite: bool,
+    dedupe: str,
+    min_answer_words: int | None,
+    max_answer_words: int | None,
+    min_answer_chars: int | None,
+    max_answer_chars: int | None,
+    as_json: bool,
+    format_: str | None,
+    question_field: str | None,
+    answer_field: str | None,
+    table: str | None,
+    query: str | None,
+    records_key: str | None,
+    encoding: str,
+    skip_invalid: bool,
+    unicode_normalize: str | None,
+    delimiter: str | None,
+    max_field_chars: int,
+    debug: bool,
+) -> None:
     """Convert INPUT (txt, json, jsonl, csv, tsv, sqlite; - for standard input) to canonical Q&A text or JSONL."""
     from gptmed.data.conversion import convert as run
 
     with cli_errors(_setup(ctx, debug)):
         try:
-            read = _read_kwargs(kw)
             with _ProgressBar() as bar:
-                report = run(input, output, progress=bar, **read, **kw)
+                report = run(
+                    input,
+                    output,
+                    output_format=output_format,
+                    overwrite=overwrite,
+                    progress=bar,
+                    dedupe=dedupe,
+                    min_answer_words=min_answer_words,
+                    max_answer_words=max_answer_words,
+                    min_answer_chars=min_answer_chars,
+                    max_answer_chars=max_answer_chars,
+                    format=format_,
+                    question_field=question_field,
+                    answer_field=answer_field,
+                    table=table,
+                    query=query,
+                    records_key=records_key,
+                    encoding=encoding,
+                    skip_invalid=skip_invalid,
+                    unicode_normalize=unicode_normalize,
+                    delimiter=delimiter,
+                    max_field_chars=max_field_chars,
+                )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
@@ -224,7 +255,23 @@ def convert(ctx: click.Context, /, input: Path, output: Path, debug: bool, as_js
 @_debug_option
 @click.pass_context
 def validate(
-    ctx: click.Context, /, file: Path, debug: bool, as_json: bool, max_problems: int, **kw: Any
+    ctx: click.Context,
+    /,
+    file: Path,
+    max_problems: int,
+    as_json: bool,
+    format_: str | None,
+    question_field: str | None,
+    answer_field: str | None,
+    table: str | None,
+    query: str | None,
+    records_key: str | None,
+    encoding: str,
+    skip_invalid: bool,
+    unicode_normalize: str | None,
+    delimiter: str | None,
+    max_field_chars: int,
+    debug: bool,
 ) -> None:
     """Check FILE; list invalid records with their line/record numbers. Exit 1 on any error.
 
@@ -233,11 +280,23 @@ def validate(
     """
     from gptmed.data.stats import validate as run
 
-    with cli_errors(_setup(ctx, debug)):
-        opts = _read_kwargs(kw)
-        opts.pop("skip_invalid")
-        with _ProgressBar() as bar:
-            report = run(file, max_problems=max_problems, progress=bar, **opts)
+    del skip_invalid  # validate always reads past invalid records to list them all
+    with cli_errors(_setup(ctx, debug)), _ProgressBar() as bar:
+        report = run(
+            file,
+            max_problems=max_problems,
+            progress=bar,
+            format=format_,
+            question_field=question_field,
+            answer_field=answer_field,
+            table=table,
+            query=query,
+            records_key=records_key,
+            encoding=encoding,
+            unicode_normalize=unicode_normalize,
+            delimiter=delimiter,
+            max_field_chars=max_field_chars,
+        )
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text(fatal=False))
     if report.fatal:
         click.echo(f"Error: {report.fatal}", err=True)
@@ -251,7 +310,24 @@ def validate(
 @_input_options
 @_debug_option
 @click.pass_context
-def stats(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: Any) -> None:
+def stats(
+    ctx: click.Context,
+    /,
+    file: Path,
+    as_json: bool,
+    format_: str | None,
+    question_field: str | None,
+    answer_field: str | None,
+    table: str | None,
+    query: str | None,
+    records_key: str | None,
+    encoding: str,
+    skip_invalid: bool,
+    unicode_normalize: str | None,
+    delimiter: str | None,
+    max_field_chars: int,
+    debug: bool,
+) -> None:
     """Pairs, length percentiles (words), duplicates, empty, short (<10 words) and long (>500) answers.
 
     Stops at the first invalid record like convert; --skip-invalid counts them by reason instead.
@@ -259,7 +335,21 @@ def stats(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: A
     from gptmed.data.stats import compute_stats
 
     with cli_errors(_setup(ctx, debug)), _ProgressBar() as bar:
-        report = compute_stats(file, progress=bar, **_read_kwargs(kw))
+        report = compute_stats(
+            file,
+            progress=bar,
+            format=format_,
+            question_field=question_field,
+            answer_field=answer_field,
+            table=table,
+            query=query,
+            records_key=records_key,
+            encoding=encoding,
+            skip_invalid=skip_invalid,
+            unicode_normalize=unicode_normalize,
+            delimiter=delimiter,
+            max_field_chars=max_field_chars,
+        )
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
 
 
@@ -292,15 +382,57 @@ def stats(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: A
 @_input_options
 @_debug_option
 @click.pass_context
-def split(ctx: click.Context, /, file: Path, debug: bool, as_json: bool, **kw: Any) -> None:
+def split(
+    ctx: click.Context,
+    /,
+    file: Path,
+    out_dir: Path,
+    val: float,
+    test: float,
+    seed: int,
+    output_format: str,
+    overwrite: bool,
+    as_json: bool,
+    format_: str | None,
+    question_field: str | None,
+    answer_field: str | None,
+    table: str | None,
+    query: str | None,
+    records_key: str | None,
+    encoding: str,
+    skip_invalid: bool,
+    unicode_normalize: str | None,
+    delimiter: str | None,
+    max_field_chars: int,
+    debug: bool,
+) -> None:
     """Split FILE into train/val/test by normalised question (no question in two splits)."""
     from gptmed.data.splitting import split as run
 
     with cli_errors(_setup(ctx, debug)):
         try:
-            read = _read_kwargs(kw)
             with _ProgressBar() as bar:
-                report = run(file, kw.pop("out_dir"), progress=bar, **read, **kw)
+                report = run(
+                    file,
+                    out_dir,
+                    val=val,
+                    test=test,
+                    seed=seed,
+                    output_format=output_format,
+                    overwrite=overwrite,
+                    progress=bar,
+                    format=format_,
+                    question_field=question_field,
+                    answer_field=answer_field,
+                    table=table,
+                    query=query,
+                    records_key=records_key,
+                    encoding=encoding,
+                    skip_invalid=skip_invalid,
+                    unicode_normalize=unicode_normalize,
+                    delimiter=delimiter,
+                    max_field_chars=max_field_chars,
+                )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
