@@ -1,4 +1,4 @@
-"""The runtime never imports torch or onnx (ARCHITECTURE.md section 1)."""
+"""The runtime never imports torch or onnx (also an import-linter contract in the root pyproject.toml)."""
 
 from __future__ import annotations
 

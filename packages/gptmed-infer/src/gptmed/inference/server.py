@@ -1,7 +1,7 @@
 """``gptmed-infer serve``: an OpenAI-compatible HTTP API over a bundle (the ``[serve]`` extra).
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``GET /health``. Starlette + uvicorn. Guarantees (RELIABILITY.md "HTTP server"):
+``GET /health``. Starlette + uvicorn. Guarantees (docs/deployment.md, "HTTP server"):
 
 * binds 127.0.0.1 by default; a public bind without an API key logs a loud warning; a port in use
   or a host that does not resolve is a one-line error before anything is logged;
