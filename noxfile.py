@@ -1,4 +1,4 @@
-"""The one session file (ARCHITECTURE.md section 6).
+"""The one session file: every check CI runs, and the main job (CONTRIBUTING.md).
 
 Default run (what `.ci/run` and README's test command run):
     lint, typecheck, layers, tests(pkg=...) for every package, integration, wheels
@@ -73,7 +73,8 @@ PACKAGES: dict[str, Package] = {
     "data": Package("gptmed-data", local=("core",), extras=("test", "parquet")),
     "tokenizer": Package("gptmed-tokenizer", local=("core",)),
     "model": Package("gptmed-model", local=("core",), extras=("test", "triton")),
-    "train": Package("gptmed-train", local=("core", "model")),
+    # [tensorboard]: the events test reads what --tensorboard writes (~30 s more to install).
+    "train": Package("gptmed-train", local=("core", "model"), extras=("test", "tensorboard")),
     "infer": Package(
         "gptmed-infer", local=("core", "tokenizer"), test_local=("model",), extras=("test", "export")
     ),
@@ -146,7 +147,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 @_pruned
 def layers(session: nox.Session) -> None:
-    """import-linter contracts of ARCHITECTURE.md section 1 (root pyproject.toml)."""
+    """The import-linter layering contracts of the root pyproject.toml (docs/architecture.md)."""
     _install_local(session, _closure(PRESENT))
     session.install(*PIP_ARGS, "import-linter==2.17")
     config = str(ROOT / "pyproject.toml")
@@ -198,7 +199,8 @@ def tests(session: nox.Session, pkg: str) -> None:
 @_pruned
 def integration(session: nox.Session) -> None:
     """End to end across packages (integration_tests/), CPU, small data the tests make."""
-    _install_local(session, _closure(PRESENT), {"infer": ("export",)})
+    # [triton]: bench/attention.py's CPU smoke run (the kernels under the Triton interpreter).
+    _install_local(session, _closure(PRESENT), {"infer": ("export",), "model": ("triton",)})
     session.install(*PIP_ARGS, "pytest", "hypothesis")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     env = {"PYTHONHASHSEED": "0", "GPTMED_ARTIFACTS": str(ARTIFACTS)}
@@ -220,6 +222,8 @@ def wheels(session: nox.Session) -> None:
         )
     built = sorted(p.name for p in dist.glob("*.whl"))
     session.log(f"built {len(built)} wheels: {built}")
+    for name in PRESENT:
+        _check_wheel_contents(session, PACKAGES[name], dist)
     if "infer" not in PRESENT:
         session.log("gptmed-infer is not in the tree yet: nothing more to check")
         return
@@ -239,6 +243,37 @@ def wheels(session: nox.Session) -> None:
         # The umbrella command on an infer-only install lists only what is installed.
         session.install("--no-compile", "--no-deps", str(wheels_of["gptmed"]))
         session.run("python", "-c", _INFER_ONLY_HELP)
+
+
+def _check_wheel_contents(session: nox.Session, pkg: Package, dist: Path) -> None:
+    """The package's wheel holds exactly its source tree under src/gptmed (every module, py.typed,
+    gptmed-data's sample and its license), no gptmed/__init__.py (PEP 420), and its LICENSE."""
+    import zipfile
+
+    prefix = pkg.folder.replace("-", "_") + "-"  # gptmed-data -> gptmed_data-0.1.0-...whl
+    found = [w for w in dist.glob("*.whl") if w.name.startswith(prefix)]
+    if len(found) != 1:
+        session.error(f"expected one wheel of {pkg.folder} in {dist}, found {[w.name for w in found]}")
+    names = zipfile.ZipFile(found[0]).namelist()
+    shipped = {n for n in names if not n.split("/")[0].endswith(".dist-info")}
+    src = pkg.path / "src"
+    expected = {
+        p.relative_to(src).as_posix()
+        for p in src.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+    problems = []
+    if shipped != expected:
+        problems.append(
+            f"not shipped: {sorted(expected - shipped)}; not in src: {sorted(shipped - expected)}"
+        )
+    if "gptmed/__init__.py" in shipped:
+        problems.append("ships gptmed/__init__.py (the namespace must stay PEP 420)")
+    if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
+        problems.append("no LICENSE in its .dist-info")
+    if problems:
+        session.error(f"{found[0].name}: " + "; ".join(problems))
+    session.log(f"{found[0].name}: {len(shipped)} files, the whole src tree, LICENSE: ok")
 
 
 _NO_TORCH = """

@@ -1,7 +1,8 @@
 """The CPU benchmarks still run: bench/ scripts are not imported by any package, and some reach into
 private runtime API (the prefill A/B, the session options), so a refactor could break them without
 breaking a test. Each runs at its smallest size, without the anchors that need extra packages
-(transformers): these are smoke runs, their timings mean nothing."""
+(transformers): these are smoke runs, their timings mean nothing. bench/attention.py without CUDA
+runs its kernels under the Triton interpreter on one tiny shape, the run its docstring promises."""
 
 from __future__ import annotations
 
@@ -116,3 +117,22 @@ def test_train_bench_gpu_mode_runs_on_the_cpu_at_toy_size(tmp_path: Path) -> Non
     assert "| 64 | gptmed-train, default flags (eager) |" in stdout, stdout
     if not hf:
         assert "HF runs skipped: transformers is not installed" in stdout, stdout
+
+
+def test_attention_bench_smoke_run_on_the_cpu(tmp_path: Path) -> None:
+    """No CUDA here: the script runs its smallest shape under the Triton interpreter, and our
+    kernel's output and dq must match the float32 reference as closely as SDPA's do."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA: the gpu nox session runs the full benchmark")
+    out = tmp_path / "attention.json"
+    run(["python", str(BENCH / "attention.py"), "--json", str(out)], tmp_path, timeout=300)
+    report = json.loads(out.read_text())
+    assert "Triton interpreter" in report["machine"], report["machine"]
+    assert report["rows"] and report["decode"], report
+    for row in report["rows"]:
+        assert row["triton_rel_err_out"] < 1e-5 and row["triton_rel_err_dq"] < 1e-5, row
+        assert row["triton_fwd_tflops"] > 0 and row["sdpa_fwd_tflops"] > 0, row
+    for step in report["decode"]:
+        assert step["triton_rel_err"] < 1e-5 and step["triton_us"] > 0, step

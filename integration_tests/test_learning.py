@@ -2,8 +2,11 @@
 
 A small model trained with the real trainer on the synthetic fact set must answer its training
 questions exactly (greedy decoding with the model's KV cache, token-for-token equal to the answer
-+ EOS). Threshold: >= 90% exact match. Observed: 78-79/81 = 96.3-97.5% after 240 steps (60 epochs), 100-153 s on
-the shared 2-core CPU under load average ~5 (about a minute on an idle one).
++ EOS): >= 90% exact match. And it must generalise, not only memorise: `synth` holds one phrasing
+of every fact out of the training set ("Which river is the longest in Zorvia?" where training
+asked "What is the longest river in Zorvia?"); the model must answer >= 80% of those unseen
+phrasings exactly. Observed (seed 0, 240 steps = 60 epochs): 81/81 training questions, 30/30
+held-out phrasings; 100-150 s on an idle 2-core CPU, up to 13 minutes with six other jobs on it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from gptmed.tokenizer import Tokenizer, tokenize_dataset, train_tokenizer  # noq
 from gptmed.training import load_checkpoint, train_model  # noqa: E402
 
 EXACT_MATCH_THRESHOLD = 0.90
+HELDOUT_EXACT_MATCH_THRESHOLD = 0.80  # measured 30/30 (seed 0); margin for other CPUs
 
 
 def _pairs_in_rows(tokens: np.ndarray, mask: np.ndarray) -> list[tuple[list[int], list[int]]]:
@@ -65,7 +69,7 @@ def _greedy(model: GPTTransformer, prompt: list[int], max_new: int) -> list[int]
     return out
 
 
-def test_tiny_model_memorises_its_training_facts(tmp_path: Path) -> None:
+def test_tiny_model_learns_its_facts_and_answers_unseen_phrasings(tmp_path: Path) -> None:
     torch.set_num_threads(2)
     synth = data_mod.synth(30, 0)
     qa = tmp_path / "facts.txt"
@@ -118,3 +122,20 @@ def test_tiny_model_memorises_its_training_facts(tmp_path: Path) -> None:
     rate = hits / len(pairs)
     print(f"exact match on training questions: {hits}/{len(pairs)} = {rate:.1%} ({result.steps} steps)")
     assert rate >= EXACT_MATCH_THRESHOLD, misses[:5]
+
+    # Generalisation: the held-out phrasings synth wrote (never in facts.txt), same greedy decoding.
+    held_hits = 0
+    held_misses = []
+    for pair in synth.heldout:
+        ids, mask = tok.encode_pair(pair.question, pair.answer)
+        start = list(mask).index(1)
+        prompt, answer = list(ids[:start]), list(ids[start:])
+        got = _greedy(model, prompt, max_new=len(answer) + 8)
+        if got == answer:
+            held_hits += 1
+        else:
+            held_misses.append((pair.question, pair.answer, tok.decode(got)))
+    held_rate = held_hits / len(synth.heldout)
+    print(f"exact match on held-out phrasings: {held_hits}/{len(synth.heldout)} = {held_rate:.1%}")
+    assert len(synth.heldout) == 30  # one unseen phrasing per fact
+    assert held_rate >= HELDOUT_EXACT_MATCH_THRESHOLD, held_misses[:5]

@@ -1,4 +1,5 @@
-"""Every "Data converters" case of RELIABILITY.md, one test (or parametrized test) each."""
+"""Every bad-input policy of docs/data.md ("Policies: what happens to each kind of bad input"),
+one test (or parametrized test) each."""
 
 from __future__ import annotations
 

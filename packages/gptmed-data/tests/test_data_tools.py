@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
 
 import pytest
 from data_testutil import PAIRS, canonical, jsonl, read_pairs
@@ -192,31 +187,3 @@ def test_sample_path_is_canonical_text():
     assert len(pairs) >= 100
     info = sample_info()
     assert info.pairs == len(pairs) and info.license and "LICENSE" in info.license_path
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("hatchling") is None, reason="needs hatchling to build the wheel"
-)
-def test_wheel_ships_the_sample(tmp_path):
-    pkg = Path(__file__).resolve().parents[1]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path),
-            str(pkg),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    wheel = next(tmp_path.glob("gptmed_data-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "gptmed/data/samples/sample_qa.txt" in names
-    assert "gptmed/data/samples/LICENSE.md" in names
-    assert "gptmed/data/py.typed" in names
-    assert not any(n == "gptmed/__init__.py" for n in names)

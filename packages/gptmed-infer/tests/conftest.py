@@ -1,5 +1,6 @@
 """Session fixtures: a small Q&A corpus, a real SentencePiece tokenizer, a briefly trained tiny
-GPTTransformer saved as a checkpoint in the INTERFACES.md format, and one exported bundle."""
+GPTTransformer saved as a checkpoint in gptmed-train's format (docs/training.md, "Checkpoints"),
+and one exported bundle."""
 
 from __future__ import annotations
 

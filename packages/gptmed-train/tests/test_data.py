@@ -95,7 +95,7 @@ def test_empty_val_is_skipped(tmp_path: Path) -> None:
 
 def test_changed_tokenizer_is_refused(dataset: Path) -> None:
     # metadata.json records sha256 'aaaa...' for tok.model: training on would give a checkpoint
-    # whose ids the tokenizer at that path does not produce (RELIABILITY: vocab mismatch is an error)
+    # whose ids the tokenizer at that path does not produce (a vocab mismatch is an error, not a warning)
     dataset.with_name("tok.model").write_bytes(b"a different tokenizer")
     with pytest.raises(DataError, match="changed since") as err:
         load_dataset(dataset, dataset.with_name("val.npy"), loss_on="answer")

@@ -358,20 +358,6 @@ def test_rows_without_answer_tokens_do_not_break_a_step(dataset: Path, tmp_path:
     assert 0.0 in result.step_losses and any(x > 0 for x in result.step_losses)
 
 
-def test_tensorboard_extra(dataset: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(dataset, tmp_path / "ck", max_steps=2, tensorboard=True)
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(
-            DataError, match=r"TensorBoard logging needs the tensorboard package.*gptmed-train\[tensorboard\]"
-        ):
-            train_model(cfg)
-        return
-    train_model(cfg)
-    assert list((tmp_path / "ck" / "tensorboard").glob("events.out.tfevents.*"))
-
-
 def test_padding_with_a_real_target_is_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Padding is skipped only where its targets are ignored; a loss mask that covers padding
     (a data bug, but a possible one) gets the same loss as without the padding marks."""

@@ -60,8 +60,12 @@ def test_cli_reference_has_every_command_with_its_own_help_options() -> None:
     assert result.exit_code == 0, result.output
     sections = re.findall(r"^#+ `([^`]+)`\n\n```text\n(.*?)```", result.output, flags=re.M | re.S)
     titles = [title for title, _ in sections]
-    for name in component_commands():
-        assert f"gptmed {name}" in titles and f"gptmed-{name}" in titles, name
+    assert len(titles) == len(set(titles)), titles
+    assert {"gptmed", "gptmed pipeline", "gptmed quickstart"} <= set(titles)
+    for name in component_commands():  # once, under its console script's name (it printed both)
+        assert f"gptmed-{name}" in titles, name
+        assert not any(t == f"gptmed {name}" or t.startswith(f"gptmed {name} ") for t in titles), name
+    assert "`gptmed data convert ...` runs the same\ncommand as `gptmed-data convert ...`" in result.output
     for title, text in sections:  # every command here takes -h (the reference once dropped it)
         assert "  -h, --help " in text, title
 

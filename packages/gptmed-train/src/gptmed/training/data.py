@@ -1,8 +1,8 @@
 """Reading a tokenized dataset (``train.npy``, ``val.npy``, loss masks, ``metadata.json``).
 
-The files are the ones ``gptmed.tokenizer.tokenize_data`` writes (INTERFACES.md): 2-D arrays
-(sequences, max_length) of unsigned token ids right-padded with the pad id, uint8 masks of the
-same shape marking answer tokens (+ the EOS ending each answer), and a
+The files are the ones ``gptmed.tokenizer.tokenize_data`` writes (docs/tokenizer.md, "The
+tokenized dataset"): 2-D arrays (sequences, max_length) of unsigned token ids right-padded with the
+pad id, uint8 masks of the same shape marking answer tokens (+ the EOS ending each answer), and a
 :class:`~gptmed.core.DatasetManifest` in ``metadata.json`` beside ``train.npy``. Arrays are
 memory-mapped; every shape, dtype and id range is checked before training starts.
 
