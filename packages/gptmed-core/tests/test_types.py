@@ -92,6 +92,11 @@ def test_manual_model_config_and_unknown_size() -> None:
         ({"temperature": 10**400}, "temperature"),  # beyond float's range: not an OverflowError
         ({"top_k": -(10**5000)}, "top_k"),  # its repr would raise: the message says its size
         ({"max_length": -(10**5000)}, "max_length"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"frequency_penalty": math.nan}, "frequency_penalty"),
+        ({"presence_penalty": -2.01}, "presence_penalty"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+        ({"no_repeat_ngram_size": 3.0}, "no_repeat_ngram_size"),
     ],
 )
 def test_generation_config_errors_name_the_parameter(kwargs: dict, name: str) -> None:
@@ -103,6 +108,20 @@ def test_generation_config_roundtrip() -> None:
     config = GenerationConfig(temperature=0.0, stop=["\nQ:", "###"], seed=3)
     assert config.stop == ("\nQ:", "###")
     assert GenerationConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    tuned = config.replace(frequency_penalty=0.5, presence_penalty=-0.5, no_repeat_ngram_size=4)
+    assert GenerationConfig.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned
+
+
+def test_generation_config_of_an_older_manifest_keeps_its_values_and_gets_todays_new_fields() -> None:
+    """A bundle's gptmed.json written before a field existed: what it records stands, the fields
+    it does not know take today's defaults."""
+    old = {"temperature": 0.7, "top_k": 50, "top_p": 0.9, "max_length": 100, "repetition_penalty": 1.0,
+           "stop": ["\nQ:"], "seed": None}  # fmt: skip
+    loaded = GenerationConfig.from_dict(old)
+    assert loaded.repetition_penalty == 1.0 and loaded.stop == ("\nQ:",)
+    today = GenerationConfig()
+    for name in ("frequency_penalty", "presence_penalty", "no_repeat_ngram_size"):
+        assert getattr(loaded, name) == getattr(today, name), name
 
 
 def test_template_renders_the_architecture_format() -> None:

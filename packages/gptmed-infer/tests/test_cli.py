@@ -278,7 +278,15 @@ def test_eval_table_and_json(artifacts) -> None:  # type: ignore[no-untyped-def]
         main, ["eval", "--bundle", str(artifacts.bundle), "--data", str(artifacts.qa), "--limit", "6"]
     )
     assert r.exit_code == 0, r.output
-    for metric in ("perplexity", "exact match", "token F1", "ROUGE-L"):
+    for metric in (
+        "answer BPB",
+        "perplexity",
+        "EOS share",
+        "loop rate",
+        "exact match",
+        "token F1",
+        "ROUGE-L",
+    ):
         assert metric in r.output
     r = runner.invoke(
         main,
@@ -287,6 +295,21 @@ def test_eval_table_and_json(artifacts) -> None:  # type: ignore[no-untyped-def]
     report = json.loads(r.output)
     assert report["pairs"] == 6
     assert report["exact_match"] >= 0.8 and report["perplexity"] < 2.0
+    # the fixture model knows its answers: they end, do not loop, and cost few bits
+    assert report["eos_share"] == 1.0 and report["loop_rate"] == 0.0 and report["answer_bpb"] < 0.1
+    assert report["finish_reasons"] == {"eos": 6} and report["max_length"] == 448
+    assert report["decoding"]["temperature"] == 0.0
+    r = runner.invoke(
+        main,
+        [
+            *("eval", "--bundle", str(artifacts.bundle), "--data", str(artifacts.qa), "--json"),
+            *("--limit", "6", "--sample", "--seed", "3", "--max-length", "4"),
+        ],
+    )
+    sampled = json.loads(r.output)
+    assert sampled["decoding"]["temperature"] == 0.7 and sampled["decoding"]["seed"] == 3
+    assert sampled["eos_share"] == 0.0 and sampled["finish_reasons"] == {"length": 6}  # 4 tokens: none ends
+    assert sampled["answer_bpb"] == report["answer_bpb"]  # teacher forced: decoding does not change it
 
 
 def test_eval_skips_and_counts_pairs_that_do_not_fit_the_context(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -304,11 +327,10 @@ def test_eval_skips_and_counts_pairs_that_do_not_fit_the_context(artifacts, tmp_
     )
     assert r.returncode == 0, r.stderr  # was: "prompt 1 has N tokens ... lower max_length", exit 1
     report = json.loads(r.stdout)
-    assert (report["pairs"], report["skipped"], report["truncated_answers"]) == (2, 1, 1)
+    assert (report["pairs"], report["skipped"], report["windowed_answers"]) == (2, 1, 1)
     assert report["skipped_where"] == [f"{data}:4"]
     table = _run(["gptmed-infer", "eval", "--bundle", str(artifacts.bundle), "--data", str(data)], tmp_path)
     assert f"skipped 1 pair(s) whose question fills the model's context ({data}:4)" in table.stderr
-    assert "1 reference answer(s) run past the context" in table.stderr
     only_long = tmp_path / "long.txt"
     only_long.write_text(f"Q: {long_q}\nA: Fever.\n", encoding="utf-8")
     r = _run(["gptmed-infer", "eval", "--bundle", str(artifacts.bundle), "--data", str(only_long)], tmp_path)

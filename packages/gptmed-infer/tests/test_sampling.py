@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -24,6 +25,12 @@ from gptmed.inference.sampling import Sampler, make_config
         ("max_length", -5),
         ("repetition_penalty", 0.0),
         ("repetition_penalty", math.nan),
+        ("frequency_penalty", math.nan),
+        ("frequency_penalty", 2.5),
+        ("presence_penalty", -3.0),
+        ("no_repeat_ngram_size", -1),
+        ("no_repeat_ngram_size", 2.5),
+        ("no_repeat_ngram_size", True),
     ],
 )
 def test_bad_sampling_parameter_names_it(param: str, value: float) -> None:
@@ -127,3 +134,44 @@ def test_a_tiny_repetition_penalty_gives_valid_tokens() -> None:
         tokens = [int(s.next_tokens(x)[0]) for _ in range(5)]
     assert tokens[0] == 0  # the boosted seen token wins outright; nothing NaN
     assert all(0 <= t < 4 for t in tokens)
+
+
+def _greedy_run(cfg: GenerationConfig, logits: np.ndarray, steps: int, history=None) -> list[int]:  # type: ignore[no-untyped-def]
+    s = Sampler(cfg, 1, logits.shape[1], history)
+    return [int(s.next_tokens(logits)[0]) for _ in range(steps)]
+
+
+def test_no_repeat_ngram_never_repeats_an_ngram_of_the_answer_even_greedy() -> None:
+    x = np.array([[3.0, 2.0, 1.0, 0.0, -1.0]], dtype=np.float32)  # greedy alone says 0 forever
+    tokens = _greedy_run(GenerationConfig(temperature=0.0, no_repeat_ngram_size=2), x, 11)
+    assert tokens[:10] == [0, 0, 1, 0, 2, 0, 3, 0, 4, 0]  # "0 0" and "0 1" used up, then "0 2", ...
+    # after that every token would repeat a bigram: the rule gives way to the logits, never to an
+    # arbitrary id
+    assert tokens[10] == 0
+    three = _greedy_run(GenerationConfig(temperature=0.0, no_repeat_ngram_size=3), x, 6)
+    assert three == [0, 0, 0, 1, 0, 0]  # "0 0 0" once; after "0 0" again, 0 would repeat it
+    # the prompt does not count: only n-grams of the answer are banned
+    assert _greedy_run(GenerationConfig(temperature=0.0, no_repeat_ngram_size=2), x, 2, [[0, 0]]) == [0, 0]
+    sampled = GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, seed=1, no_repeat_ngram_size=2)
+    many = _greedy_run(sampled, np.zeros((1, 6), dtype=np.float32), 25)
+    pairs = list(itertools.pairwise(many))
+    assert len(set(pairs)) == len(pairs)
+
+
+def test_no_repeat_ngram_rows_are_independent() -> None:
+    x = np.array([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]], dtype=np.float32)
+    cfg = GenerationConfig(temperature=0.0, no_repeat_ngram_size=2)
+    s = Sampler(cfg, 2, 4)
+    together = np.stack([s.next_tokens(x) for _ in range(8)], axis=1)
+    for row in range(2):
+        assert _greedy_run(cfg, x[row : row + 1], 8) == together[row].tolist()
+
+
+def test_frequency_and_presence_penalties_count_the_answer() -> None:
+    x = np.array([[2.0, 1.5, 0.0]], dtype=np.float32)
+    # frequency 0.6: 0 (2.0), 1 (1.5 > 1.4), 0 (1.4 > 0.9), 1 (0.9 > 0.8), 0 (0.8 > 0.3), ...
+    assert _greedy_run(GenerationConfig(temperature=0.0, frequency_penalty=0.6), x, 5) == [0, 1, 0, 1, 0]
+    # presence 0.6: once each, then the 0.6 no longer grows: 0 (1.4) beats 1 (0.9) for good
+    assert _greedy_run(GenerationConfig(temperature=0.0, presence_penalty=0.6), x, 4) == [0, 1, 0, 0]
+    # neither looks at the prompt
+    assert _greedy_run(GenerationConfig(temperature=0.0, presence_penalty=0.6), x, 1, [[0]]) == [0]

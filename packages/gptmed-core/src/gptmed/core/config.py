@@ -162,9 +162,12 @@ class GenerationConfig:
     top_k: int = 50  # sample from the k most likely tokens; 0 = no limit
     top_p: float = 0.9  # nucleus sampling: smallest set with this much probability; 1 = no limit
     max_length: int = 100  # new tokens to generate at most (the prompt does not count)
-    repetition_penalty: float = 1.0  # >1 discourages tokens already in prompt or answer
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in prompt or answer (CTRL: logit / or *)
     stop: tuple[str, ...] = DEFAULT_STOP  # generation ends before any of these strings
     seed: int | None = None  # fixes sampling; the same seed gives the same text
+    frequency_penalty: float = 0.0  # subtracted from a logit once per earlier use of its token in the answer
+    presence_penalty: float = 0.0  # subtracted from a logit whose token the answer already holds
+    no_repeat_ngram_size: int = 0  # n > 0: the answer never repeats one of its n-grams of tokens; 0 = off
 
     def __post_init__(self) -> None:
         if _finite("temperature", self.temperature) < 0:
@@ -178,6 +181,12 @@ class GenerationConfig:
             raise ConfigError(f"max_length must be a positive integer, got {_show(self.max_length)}")
         if _finite("repetition_penalty", self.repetition_penalty) <= 0:
             raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= _finite(name, getattr(self, name)) <= 2.0:
+                raise ConfigError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        size = self.no_repeat_ngram_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"no_repeat_ngram_size must be an integer >= 0, got {_show(size)}")
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
             raise ConfigError(f"stop must be a sequence of non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))

@@ -463,9 +463,23 @@ def export_cmd(
     "--max-length",
     type=click.IntRange(min=1),
     default=None,
-    help="New tokens per answer, capped by the room each question leaves [default: longest reference + 8].",
+    help="New tokens per answer, capped by the room each question leaves: the cap of the EOS share "
+    "[default: 448].",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N pairs only.")
+@click.option(
+    "--sample",
+    is_flag=True,
+    help="Sample the answers with the bundle's decoding defaults (temperature, top-k, top-p) instead "
+    "of greedy decoding; penalties apply either way.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Sampling seed with --sample (same seed, same answers).",
+)
 @click.option("--int8", is_flag=True, help="Evaluate the int8 graph.")
 @_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -475,36 +489,39 @@ def eval_cmd(
     data: str,
     max_length: int | None,
     limit: int | None,
+    sample: bool,
+    seed: int,
     int8: bool,
     threads: int | None,
     as_json: bool,
     debug: bool,
 ) -> None:
-    """Answer perplexity, exact match, token F1 and ROUGE-L on held-out Q&A pairs."""
+    """Answer bits per byte, perplexity, EOS share, loop rate, exact match, token F1 and ROUGE-L
+    on held-out Q&A pairs."""
     from gptmed.inference.evaluate import evaluate
 
     with cli_errors(debug):
         gen = _open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
-        report = evaluate(gen, data, max_length=max_length, limit=limit)
+        decoding = gen.defaults.replace(seed=seed) if sample else gen.defaults.replace(temperature=0.0)
+        report = evaluate(gen, data, max_length=max_length, limit=limit, decoding=decoding)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
             return
         click.echo(f"{'metric':<16}{'value':>10}")
         click.echo(f"{'pairs':<16}{report.pairs:>10}")
+        click.echo(f"{'answer BPB':<16}{report.answer_bpb:>10.3f}")
         click.echo(f"{'perplexity':<16}{report.perplexity:>10.3f}")
+        click.echo(f"{'EOS share':<16}{report.eos_share:>10.3f}")
+        click.echo(f"{'loop rate':<16}{report.loop_rate:>10.3f}")
         click.echo(f"{'exact match':<16}{report.exact_match:>10.3f}")
         click.echo(f"{'token F1':<16}{report.token_f1:>10.3f}")
         click.echo(f"{'ROUGE-L':<16}{report.rouge_l:>10.3f}")
+        how = "sampled" if sample else "greedy"
+        click.echo(f"answers: {how}, up to {report.max_length} new tokens each", err=True)
         if report.skipped:
             click.echo(
                 f"skipped {report.skipped} pair(s) whose question fills the model's context "
                 f"({', '.join(report.skipped_where)}{', ...' if report.skipped > len(report.skipped_where) else ''})",
-                err=True,
-            )
-        if report.truncated_answers:
-            click.echo(
-                f"{report.truncated_answers} reference answer(s) run past the context: perplexity "
-                "scores the part that fits",
                 err=True,
             )
 

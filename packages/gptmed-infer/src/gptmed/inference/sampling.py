@@ -1,11 +1,15 @@
 """The one sampling implementation (numpy) behind every backend.
 
 ``Sampler.next_tokens(logits)`` turns the last-position logits of a batch into the next token per
-row: repetition penalty, then greedy (``temperature == 0``) or temperature / top-k / top-p
-sampling. Each row draws from its own ``numpy.random.Generator`` seeded with the seed, so a
-seeded question gets the same answer alone, in a batch of any size, or streamed. The ONNX and the
-torch backends both hand their logits to this code, so a greedy run is token-for-token the same
-on both.
+row. In order: the repetition penalty (CTRL: a logit of a token already in the prompt or the
+answer is divided by the penalty when positive, multiplied when negative), the frequency and
+presence penalties (OpenAI: subtracted once per earlier use in the answer, and once if used at
+all), the no-repeat n-gram rule (a token that would complete an n-gram the answer already holds
+is never chosen), then greedy (``temperature == 0``) or temperature / top-k / top-p sampling. The
+penalties and the n-gram rule apply to greedy decoding as well. Each row draws from its own
+``numpy.random.Generator`` seeded with the seed, so a seeded question gets the same answer alone,
+in a batch of any size, or streamed. The ONNX and the torch backends (and the server) all hand
+their logits to this code, so a greedy run is token-for-token the same on both.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ class Sampler:
     """Picks next tokens for a batch of ``batch`` rows over a vocabulary of ``vocab`` ids.
 
     ``history`` (the prompt ids of each row) seeds the repetition penalty; every chosen token is
-    added to it. Not thread-safe: one Sampler per generation call.
+    added to it, and to the row's answer, which the frequency / presence penalties and the
+    no-repeat n-gram rule look at. Not thread-safe: one Sampler per generation call.
     """
 
     def __init__(
@@ -58,13 +63,26 @@ class Sampler:
             for row, ids in enumerate(history or ()):
                 if len(ids):
                     self._seen[row, np.asarray(ids, dtype=np.int64)] = True
+        self._counts: np.ndarray | None = None  # (B, V) uses of each token in the answer so far
+        if config.frequency_penalty or config.presence_penalty:
+            self._counts = np.zeros((batch, vocab), dtype=np.int32)
+        self._ngram = int(config.no_repeat_ngram_size)
+        self._answers: list[list[int]] = [[] for _ in range(batch)]  # chosen ids, with the n-gram rule
+        self._followers: list[dict[tuple[int, ...], set[int]]] = [
+            {} for _ in range(batch)
+        ]  # (n-1)-gram -> next ids
+
+    @property
+    def _plain(self) -> bool:
+        """Nothing but the logits decides (greedy can skip the float64 copy)."""
+        return self._seen is None and self._counts is None and not self._ngram
 
     def next_tokens(self, logits: np.ndarray) -> np.ndarray:
         """``logits`` (B, V) float -> (B,) int64 token ids."""
         if logits.ndim != 2 or logits.shape[1] != self.vocab:
             raise ValueError(f"logits must be (B, {self.vocab}), got {logits.shape}")
         cfg = self.config
-        if cfg.temperature == 0 and self._seen is None:  # plain greedy reads the logits only
+        if cfg.temperature == 0 and self._plain:  # plain greedy reads the logits only
             return np.asarray(np.argmax(logits, axis=-1), dtype=np.int64)
         # float64, and inf clipped to the largest finite value: a penalty or temperature near 0
         # (1e-300) scales logits past float32's range, and inf - inf would make NaN probabilities.
@@ -74,15 +92,44 @@ class Sampler:
             if self._seen is not None:
                 penalised = np.where(scores > 0, scores / self._penalty, scores * self._penalty)
                 scores = np.where(self._seen, penalised, scores)
+            if self._counts is not None:
+                scores = scores - cfg.frequency_penalty * self._counts
+                scores = scores - cfg.presence_penalty * (self._counts > 0)
             big = np.finfo(np.float64).max
             scores = np.clip(scores, -big, big)
+            if self._ngram:
+                self._ban_repeats(scores)
             if cfg.temperature == 0:
                 tokens = np.argmax(scores, axis=-1).astype(np.int64)
             else:
                 tokens = self._sample(scores)
-        if self._seen is not None:
-            self._seen[np.arange(len(tokens)), tokens] = True
+        self._record(tokens)
         return np.asarray(tokens, dtype=np.int64)
+
+    def _ban_repeats(self, scores: np.ndarray) -> None:
+        """``scores`` (B, V): -inf, in place, on each token that would repeat an n-gram of its row's
+        answer; when that would be every token, the row is left as it is."""
+        keep = self._ngram - 1  # the n-gram's first n - 1 ids are the answer's last n - 1
+        for row, answer in enumerate(self._answers):
+            if len(answer) >= keep:
+                banned = self._followers[row].get(tuple(answer[len(answer) - keep :]))
+                if banned and len(banned) < self.vocab:
+                    scores[row, list(banned)] = -np.inf
+
+    def _record(self, tokens: np.ndarray) -> None:
+        """Add the chosen ``tokens`` (B,) to each row's history and answer."""
+        rows = np.arange(len(tokens))
+        if self._seen is not None:
+            self._seen[rows, tokens] = True
+        if self._counts is not None:
+            self._counts[rows, tokens] += 1
+        if self._ngram:
+            n = self._ngram
+            for row, token in enumerate(tokens.tolist()):
+                answer = self._answers[row]
+                answer.append(token)
+                if len(answer) >= n:
+                    self._followers[row].setdefault(tuple(answer[len(answer) - n : -1]), set()).add(token)
 
     def _sample(self, scores: np.ndarray) -> np.ndarray:
         """``scores`` (B, V) finite float64 before temperature -> sampled (B,) ids."""

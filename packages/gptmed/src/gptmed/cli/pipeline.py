@@ -168,7 +168,7 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
     # Component imports happen here: `gptmed --help` must stay fast and work on partial installs.
     from gptmed.configs.train_config import TrainingConfig
     from gptmed.data import convert, split
-    from gptmed.inference.evaluate import evaluate
+    from gptmed.inference.evaluate import DEFAULT_MAX_LENGTH, evaluate
     from gptmed.inference.export import export_bundle
     from gptmed.inference.generator import TextGenerator
     from gptmed.tokenizer import Tokenizer, VocabSizeError, tokenize_dataset, train_tokenizer
@@ -403,12 +403,18 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
         report = evaluate(TextGenerator.from_bundle(bundle), eval_data)
         atomic_write_text(eval_json, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
         return (
-            f"{report.pairs} pairs: exact match {report.exact_match:.3f}, token F1 {report.token_f1:.3f}, "
-            f"ROUGE-L {report.rouge_l:.3f}, answer perplexity {report.perplexity:.2f}"
+            f"{report.pairs} pairs: answer BPB {report.answer_bpb:.3f}, EOS share {report.eos_share:.2f}, "
+            f"loop rate {report.loop_rate:.2f} (greedy, <= {report.max_length} tokens), exact match "
+            f"{report.exact_match:.3f}, token F1 {report.token_f1:.3f}, ROUGE-L {report.rouge_l:.3f}, "
+            f"answer perplexity {report.perplexity:.2f}"
         )
 
+    # the params name what eval.json measures: an eval.json of an older definition is redone
+    measures = {"metrics": "answer_bpb eos_share loop_rate em f1 rouge_l", "max_length": DEFAULT_MAX_LENGTH}
     runner.run_one(
-        Step("evaluate", "Evaluate on held-out pairs", [bundle, eval_data], [eval_json], do_eval), 7, total
+        Step("evaluate", "Evaluate on held-out pairs", [bundle, eval_data], [eval_json], do_eval, measures),
+        7,
+        total,
     )
     metrics = json.loads(eval_json.read_text(encoding="utf-8"))
     return PipelineResult(
