@@ -223,7 +223,7 @@ def _logits_model(model: Any) -> LogitsModel:
         return model.backend
     torch = sys.modules.get("torch")  # a torch module implies torch is imported: no import here
     if torch is not None and isinstance(model, torch.nn.Module):
-        from gptmed.inference.torch_backend import TorchBackend
+        from gptmed.inference.export.torch_backend import TorchBackend
 
         return TorchBackend(model)
     return model  # type: ignore[no-any-return]
