@@ -67,21 +67,6 @@ def test_pipeline_from_json_then_csv_and_sqlite_reuse_every_later_step(
     metrics = json.loads((out / "eval.json").read_text())
     assert {"exact_match", "token_f1", "rouge_l"} <= set(metrics)
 
-
-def test_pipeline_with_a_time_budget_chooses_the_model_size(tmp_path: Path, sources: dict[str, Path]) -> None:
-    """No --model-size, no --num-epochs: the pipeline measures the presets here and picks the largest
-    the budget can feed (the embedded sample is small: tiny); training ends within its budget."""
-    out = tmp_path / "budget"
-    done = run(["gptmed", "pipeline", str(sources["json"]), "--out", str(out), "--time-budget", "15s"], tmp_path)
-    assert "--model-size tiny: the largest preset" in done.stdout, done.stdout
-    assert "Plan:" not in done.stdout  # the pipeline prints one line per epoch, not the trainer's report
-    state = json.loads((out / "pipeline.json").read_text())
-    assert state["steps"]["train"]["seconds"] < 15 + 30  # the budget + startup, evaluation and save
-    import torch
-
-    saved = torch.load(out / "model/checkpoints/best_model.pt", weights_only=True)["training_config"]
-    assert saved["model_size"] == "tiny" and saved["time_budget"] == 15.0 and saved["dropout"] == 0.0
-
     # The same pairs from CSV and from SQLite convert to the identical canonical file, so every
     # later step is current and skipped.
     for source in ("csv", "sqlite"):
@@ -93,6 +78,23 @@ def test_pipeline_with_a_time_budget_chooses_the_model_size(tmp_path: Path, sour
     if (dest := artifacts_dir()) is not None:  # hand the bundle to the `wheels` nox session
         shutil.rmtree(dest / "bundle", ignore_errors=True)
         shutil.copytree(out / "bundle", dest / "bundle")
+
+
+def test_pipeline_with_a_time_budget_chooses_the_model_size(tmp_path: Path, sources: dict[str, Path]) -> None:
+    """No --model-size, no --num-epochs: the pipeline measures the presets here and picks the largest
+    the budget can feed (the embedded sample is small: tiny); training ends within its budget."""
+    out = tmp_path / "budget"
+    done = run(
+        ["gptmed", "pipeline", str(sources["json"]), "--out", str(out), "--time-budget", "15s"], tmp_path
+    )
+    assert "--model-size tiny: the largest preset" in done.stdout, done.stdout
+    assert "Plan:" not in done.stdout  # the pipeline prints one line per epoch, not the trainer's report
+    state = json.loads((out / "pipeline.json").read_text())
+    assert state["steps"]["train"]["seconds"] < 15 + 30  # the budget + startup, evaluation and save
+    import torch
+
+    saved = torch.load(out / "model/checkpoints/best_model.pt", weights_only=True)["training_config"]
+    assert saved["model_size"] == "tiny" and saved["time_budget"] == 15.0 and saved["dropout"] == 0.0
 
 
 def test_pipeline_killed_during_training_continues_where_it_stopped(

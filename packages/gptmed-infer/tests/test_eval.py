@@ -84,7 +84,7 @@ def test_answer_bpb_equals_a_brute_force_per_token_reference(artifacts) -> None:
     the per-token definition to fp tolerance, on the torch model, the .pt and the ONNX bundle."""
     from gptmed.inference import TextGenerator
     from gptmed.inference.evaluate import answer_bpb, score_answers
-    from gptmed.inference.torch_backend import load_checkpoint_model
+    from gptmed.inference.export.torch_backend import load_checkpoint_model
     from gptmed.tokenizer import Tokenizer
 
     model, _ = load_checkpoint_model(artifacts.checkpoint)

@@ -128,35 +128,35 @@ class _Sampling:
     top_k: int | None
     top_p: float | None
     repetition_penalty: float | None
+    frequency_penalty: float | None
+    presence_penalty: float | None
+    no_repeat_ngram_size: int | None
     seed: int | None
     stop: tuple[str, ...] | None
 
+    def settings(self) -> dict[str, Any]:
+        """The flags the user gave, by GenerationConfig field name (``None``: the bundle's default)."""
+        return {
+            "max_length": self.max_length,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
     def answers(self, gen: Any, prompts: list[str]) -> list[str]:
         """``gen.generate_batch(prompts)`` with these settings."""
-        answers: list[str] = gen.generate_batch(
-            prompts,
-            max_length=self.max_length,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            seed=self.seed,
-            stop=self.stop,
-        )
+        answers: list[str] = gen.generate_batch(prompts, **self.settings())
         return answers
 
     def stream(self, gen: Any, prompt: str) -> Iterator[str]:
         """``gen.stream(prompt)`` with these settings."""
-        pieces: Iterator[str] = gen.stream(
-            prompt,
-            max_length=self.max_length,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            seed=self.seed,
-            stop=self.stop,
-        )
+        pieces: Iterator[str] = gen.stream(prompt, **self.settings())
         return pieces
 
 
@@ -202,7 +202,27 @@ class _Output:
 @click.option(
     "--top-p", type=float, default=None, help="Nucleus sampling threshold in (0, 1] [default: 0.9]."
 )
-@click.option("--repetition-penalty", type=float, default=None, help=">1 discourages repeats [default: 1.0].")
+@click.option(
+    "--repetition-penalty", type=float, default=None, help=">1 discourages tokens already seen (CTRL)."
+)
+@click.option(
+    "--frequency-penalty",
+    type=click.FloatRange(-2, 2),
+    default=None,
+    help="Subtracted from a token's logit per earlier use in the answer.",
+)
+@click.option(
+    "--presence-penalty",
+    type=click.FloatRange(-2, 2),
+    default=None,
+    help="Subtracted from a token's logit once the answer holds it.",
+)
+@click.option(
+    "--no-repeat-ngram-size",
+    type=click.IntRange(min=0),
+    default=None,
+    help="n > 0: the answer never repeats an n-gram of tokens; 0 = off.",
+)
 @click.option("--seed", type=int, default=None, help="Fix sampling: the same seed gives the same text.")
 @click.option(
     "--stop", multiple=True, help="Stop before this string (repeatable; \\n escapes work). Default: \\nQ:"
@@ -231,6 +251,9 @@ def generate_main(
     top_k: int | None,
     top_p: float | None,
     repetition_penalty: float | None,
+    frequency_penalty: float | None,
+    presence_penalty: float | None,
+    no_repeat_ngram_size: int | None,
     seed: int | None,
     stop: tuple[str, ...],
     stream: bool,
@@ -258,6 +281,9 @@ def generate_main(
             top_k=top_k,
             top_p=top_p,
             repetition_penalty=repetition_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
             seed=seed,
             stop=tuple(_unescape(s) for s in stop) or None,
         )

@@ -340,6 +340,7 @@ class EvalReport:
     skipped: int = 0  # pairs whose prompt leaves no room in the context for an answer token
     windowed_answers: int = 0  # pairs longer than the context, scored in windows
     skipped_where: list[str] = field(default_factory=list)  # the first few skipped pairs (FILE:LINE)
+    answered: int = 0  # pairs whose answers were generated (EOS share, loops, EM, F1, ROUGE-L)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -387,6 +388,7 @@ def evaluate(
     limit: int | None = None,
     examples: int = 3,
     decoding: GenerationConfig | None = None,
+    answers: int | None = None,
 ) -> EvalReport:
     """Score ``generator`` (a :class:`~gptmed.inference.TextGenerator`) on Q&A ``pairs`` (or a Q&A file).
 
@@ -395,7 +397,9 @@ def evaluate(
     :data:`DEFAULT_MAX_LENGTH`, 448) capped per pair by the room its prompt leaves in the context.
     A pair whose prompt fills the model's context is skipped and counted (``skipped``, with the
     first few places in ``skipped_where``); reference answers longer than the context are scored
-    in windows (``windowed_answers``).
+    in windows (``windowed_answers``). Answer BPB and perplexity cover every pair; the answers are
+    generated for the first ``answers`` of them (default: all), which the generated-answer metrics
+    (EOS share, loop rate, EM, F1, ROUGE-L) cover (``answered``).
     """
     records = _records(pairs, limit)
     eos = generator.special_ids.eos
@@ -419,14 +423,15 @@ def evaluate(
     scores = score_answers(generator, generator.tokenizer, items)
     cap = max_length or DEFAULT_MAX_LENGTH
     config = decoding or generator.defaults.replace(temperature=0.0)
-    budgets = [min(cap, ctx - n) for n in prompt_lens]
-    results = _generate(generator, [p.question for p in items], budgets, config, batch_size)
+    asked = items[:answers] if answers else items
+    budgets = [min(cap, ctx - n) for n in prompt_lens[: len(asked)]]
+    results = _generate(generator, [p.question for p in asked], budgets, config, batch_size)
     outputs = [r.token_ids + ([eos] if r.finish_reason == "eos" else []) for r in results]
     predictions = [r.text for r in results]
-    refs = [p.answer for p in items]
+    refs = [p.answer for p in asked]
     shown = [
         {"question": p.question, "reference": p.answer, "prediction": pred}
-        for p, pred in list(zip(items, predictions, strict=True))[:examples]
+        for p, pred in list(zip(asked, predictions, strict=True))[:examples]
     ]
     return EvalReport(
         pairs=len(items),
@@ -446,4 +451,5 @@ def evaluate(
         skipped=len(skipped),
         windowed_answers=scores.windowed,
         skipped_where=skipped[:5],
+        answered=len(asked),
     )

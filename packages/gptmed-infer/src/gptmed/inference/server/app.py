@@ -235,6 +235,9 @@ class Api:
                 "top_p": d.top_p,
                 "top_k": d.top_k,
                 "repetition_penalty": d.repetition_penalty,
+                "frequency_penalty": d.frequency_penalty,
+                "presence_penalty": d.presence_penalty,
+                "no_repeat_ngram_size": d.no_repeat_ngram_size,
             },
         }
         data = json.dumps(settings).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

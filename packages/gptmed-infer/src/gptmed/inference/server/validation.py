@@ -222,6 +222,9 @@ def parse_completion(body: dict[str, Any], chat: bool, generator: Any, cfg: Serv
         "top_k": _number(body, "top_k", int),
         "seed": _number(body, "seed", int),
         "repetition_penalty": _number(body, "repetition_penalty", float),
+        "frequency_penalty": _number(body, "frequency_penalty", float),
+        "presence_penalty": _number(body, "presence_penalty", float),
+        "no_repeat_ngram_size": _number(body, "no_repeat_ngram_size", int),
     }
     params["stop"] = _stops(body)
     if not prompt.strip():

@@ -5,8 +5,11 @@
 const settings = JSON.parse(document.getElementById("settings").textContent);
 const $ = (id) => document.getElementById(id);
 const KEY = "gptmed-api-key"; // sessionStorage: this tab only
-const FIELDS = ["temperature", "top_p", "top_k", "max_tokens", "repetition_penalty", "seed"];
-const INTEGERS = new Set(["top_k", "max_tokens", "seed"]);
+const FIELDS = [
+  "temperature", "top_p", "top_k", "max_tokens", "repetition_penalty",
+  "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "seed",
+];
+const INTEGERS = new Set(["top_k", "max_tokens", "no_repeat_ngram_size", "seed"]);
 let controller = null; // the running request's AbortController
 
 function apiKey() {
