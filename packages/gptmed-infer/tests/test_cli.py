@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gptmed.inference.cli import _unescape, generate_main, main
+from gptmed.inference.cli import main
+from gptmed.inference.generate_cli import _unescape, generate_main
 
 
 def _run(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from gptmed.inference.cli import generate_main, main; sys.argv[0] = 'x'; "
+    code = "import sys; from gptmed.inference.cli import main; from gptmed.inference.generate_cli import generate_main; sys.argv[0] = 'x'; "
     code += "generate_main()" if args[0] == "gptmed-generate" else "main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args[1:]],

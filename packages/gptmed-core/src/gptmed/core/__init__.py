@@ -5,6 +5,7 @@ from typing import Any
 from gptmed.core.choice import Choice
 from gptmed.core.config import (
     ACTIVATIONS,
+    DEFAULT_MODEL_SIZE,
     PRESETS,
     GenerationConfig,
     ModelConfig,
@@ -66,6 +67,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ACTIVATIONS",
+    "DEFAULT_MODEL_SIZE",
     "DEFAULT_STOP",
     "DEFAULT_TEMPLATE",
     "PRESETS",

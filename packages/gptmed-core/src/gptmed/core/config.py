@@ -125,6 +125,7 @@ def get_medium_config(vocab_size: int = 8000, max_seq_len: int = 512) -> ModelCo
 
 
 PRESETS = {"tiny": get_tiny_config, "small": get_small_config, "medium": get_medium_config}
+DEFAULT_MODEL_SIZE = "small"  # the preset when none is given (gptmed-model info, gptmed-train)
 
 
 def get_config(size: str, vocab_size: int = 8000, max_seq_len: int = 512) -> ModelConfig:

@@ -1,370 +1,23 @@
-"""``gptmed-generate`` and ``gptmed-infer`` (export, eval, info, serve): parse, call, echo."""
+"""``gptmed-infer``: export, eval, info and serve (``gptmed-generate`` is in generate_cli.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import re
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 from gptmed.core import GptmedError, cli_errors
 from gptmed.inference import __version__
-
-DEFAULT_CHECKPOINT = "model/checkpoints/best_model.pt"
-_threads_option = click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=None,
-    help="onnxruntime intra-op threads (0 = all cores; default: GPTMED_NUM_THREADS or all).",
+from gptmed.inference.cli_common import (
+    DEFAULT_CHECKPOINT,
+    not_found,
+    open_generator,
+    threads_option,
 )
-
-
-class _NeedsTorch(GptmedError):
-    pass
-
-
-def _looks_like_bundle(folder: Path) -> bool:
-    """A folder whose ``gptmed.json`` loads as a bundle manifest (no checksums: a suggestion only)."""
-    from gptmed.core import BundleManifest
-
-    try:
-        BundleManifest.load(folder / "gptmed.json")
-    except (GptmedError, OSError, ValueError):
-        return False
-    return True
-
-
-def _not_found(path: Path, option: str, *, checkpoints: bool = True, bundles: bool = True) -> GptmedError:
-    """The error "PATH: checkpoint|bundle not found", its hint naming ``option`` and up to 3 candidates:
-    .pt files under model/checkpoints/ and bundle folders in the working folder whose gptmed.json
-    loads. Hidden names (export's ``.OUT.tmp-*`` staging folders) are never suggested."""
-    noun = "checkpoint" if checkpoints else "bundle"
-    if not bundles:
-        hint = f"train one (gptmed-train) or pass {option} with a training checkpoint (.pt file)"
-    elif not checkpoints:
-        hint = f"export one (gptmed-infer export --out DIR) or pass {option} with an exported bundle folder"
-    else:
-        hint = f"train one (gptmed-train) or pass {option} with a .pt file or an exported bundle folder"
-    ckpt_dir = Path(DEFAULT_CHECKPOINT).parent
-    found: list[Path] = []
-    if checkpoints:
-        pts = sorted(ckpt_dir.glob("*.pt")) + sorted(ckpt_dir.glob("*/best_model.pt"))
-        found += [p for p in pts if p.is_file()]
-    if bundles:
-        found += [m.parent for m in sorted(Path(".").glob("*/gptmed.json")) if _looks_like_bundle(m.parent)]
-    shown = [str(c) for c in found if not any(part.startswith(".") for part in c.parts)][:3]
-    if shown:
-        hint += f" (found: {', '.join(shown)})"
-    return GptmedError(f"{noun} not found", where=str(path), hint=hint)
-
-
-def _open_generator(
-    checkpoint: str,
-    tokenizer: str | None,
-    variant: str | None,
-    threads: int | None,
-    option: str = "--checkpoint",
-) -> Any:
-    """The generator for ``checkpoint``; ``option`` is the flag that named it (for the hint)."""
-    from gptmed.inference.generator import TextGenerator
-
-    path = Path(checkpoint)
-    if not path.exists():
-        raise _not_found(path, option, checkpoints=option != "--bundle")
-    try:
-        if path.suffix == ".pt":
-            return TextGenerator(model=str(path), tokenizer_path=tokenizer)
-        return TextGenerator(model=str(path), tokenizer_path=tokenizer, variant=variant, threads=threads)
-    except ImportError as exc:
-        raise _NeedsTorch(
-            f"{path} is a torch checkpoint and torch is not installed ({exc})",
-            hint='export a bundle (gptmed-infer export) and pass its folder, or pip install "gptmed-infer[export]"',
-        ) from None
-
-
-def _read_prompts(source: str, required: bool = True) -> list[str]:
-    """The questions of ``source`` (a file or '-'), one a line; none is an error when ``required``
-    (a --prompts-file given), and an empty list otherwise (stdin read because nothing was given)."""
-    if source == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise GptmedError(
-                f"not valid UTF-8 (byte offset {exc.start})", where=source, hint="save it as UTF-8"
-            ) from None
-    text = text.removeprefix("\ufeff")  # a BOM (Windows editors) is not part of the first question
-    questions = [line.strip() for line in text.splitlines() if line.strip()]
-    if not questions and required:
-        raise GptmedError(
-            f"no questions ({'only blank lines' if text else 'it is empty'})",
-            where="stdin" if source == "-" else source,
-            hint="write one question per line",
-        )
-    return questions
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-
-
-def _unescape(text: str) -> str:
-    """``\\n``, ``\\t``, ``\\r`` and ``\\\\`` in a --stop value; any other backslash stays as typed."""
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text)
-
-
-@dataclass(frozen=True)
-class _Sampling:
-    """gptmed-generate's sampling flags; ``None`` leaves the bundle's default (stop: ``None`` too)."""
-
-    max_length: int | None
-    temperature: float | None
-    top_k: int | None
-    top_p: float | None
-    repetition_penalty: float | None
-    frequency_penalty: float | None
-    presence_penalty: float | None
-    no_repeat_ngram_size: int | None
-    seed: int | None
-    stop: tuple[str, ...] | None
-
-    def settings(self) -> dict[str, Any]:
-        """The flags the user gave, by GenerationConfig field name (``None``: the bundle's default)."""
-        return {
-            "max_length": self.max_length,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "repetition_penalty": self.repetition_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "presence_penalty": self.presence_penalty,
-            "no_repeat_ngram_size": self.no_repeat_ngram_size,
-            "seed": self.seed,
-            "stop": self.stop,
-        }
-
-    def answers(self, gen: Any, prompts: list[str]) -> list[str]:
-        """``gen.generate_batch(prompts)`` with these settings."""
-        answers: list[str] = gen.generate_batch(prompts, **self.settings())
-        return answers
-
-    def stream(self, gen: Any, prompt: str) -> Iterator[str]:
-        """``gen.stream(prompt)`` with these settings."""
-        pieces: Iterator[str] = gen.stream(prompt, **self.settings())
-        return pieces
-
-
-@dataclass(frozen=True)
-class _Output:
-    """How gptmed-generate prints: ``flags`` questions came from --prompt (the rest from a file)."""
-
-    flags: int
-    stream: bool
-    as_json: bool
-    batch_size: int
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--checkpoint",
-    default=DEFAULT_CHECKPOINT,
-    show_default=True,
-    help="A .pt checkpoint (torch backend), an exported bundle folder or its model.onnx.",
-)
-@click.option(
-    "--tokenizer",
-    default=None,
-    help="SentencePiece .model; default: the one recorded with the checkpoint/bundle (sha256-checked).",
-)
-@click.option("--prompt", "prompts", multiple=True, help="Question to answer (repeatable).")
-@click.option(
-    "--prompts-file",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    default=None,
-    help="File with one question per line ('-' = stdin); answers are printed as Q&A text.",
-)
-@click.option("--interactive", "-i", is_flag=True, help="Ask questions one after another (Ctrl-D to quit).")
-@click.option(
-    "--max-length", type=click.IntRange(min=1), default=None, help="Maximum new tokens [default: 100]."
-)
-@click.option(
-    "--temperature", type=float, default=None, help="0 = greedy; higher = more random [default: 0.7]."
-)
-@click.option(
-    "--top-k", type=int, default=None, help="Sample from the k most likely tokens; 0 = all [default: 50]."
-)
-@click.option(
-    "--top-p", type=float, default=None, help="Nucleus sampling threshold in (0, 1] [default: 0.9]."
-)
-@click.option(
-    "--repetition-penalty", type=float, default=None, help=">1 discourages tokens already seen (CTRL)."
-)
-@click.option(
-    "--frequency-penalty",
-    type=click.FloatRange(-2, 2),
-    default=None,
-    help="Subtracted from a token's logit per earlier use in the answer.",
-)
-@click.option(
-    "--presence-penalty",
-    type=click.FloatRange(-2, 2),
-    default=None,
-    help="Subtracted from a token's logit once the answer holds it.",
-)
-@click.option(
-    "--no-repeat-ngram-size",
-    type=click.IntRange(min=0),
-    default=None,
-    help="n > 0: the answer never repeats an n-gram of tokens; 0 = off.",
-)
-@click.option("--seed", type=int, default=None, help="Fix sampling: the same seed gives the same text.")
-@click.option(
-    "--stop", multiple=True, help="Stop before this string (repeatable; \\n escapes work). Default: \\nQ:"
-)
-@click.option("--stream/--no-stream", default=False, help="Print the answer while it is generated.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Questions per batch with --prompts-file.",
-)
-@click.option("--int8", is_flag=True, help="Use the bundle's int8 graph (model.int8.onnx).")
-@_threads_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per answer (prompt, answer).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.version_option(__version__, prog_name="gptmed-generate")
-def generate_main(
-    checkpoint: str,
-    tokenizer: str | None,
-    prompts: tuple[str, ...],
-    prompts_file: str | None,
-    interactive: bool,
-    max_length: int | None,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    repetition_penalty: float | None,
-    frequency_penalty: float | None,
-    presence_penalty: float | None,
-    no_repeat_ngram_size: int | None,
-    seed: int | None,
-    stop: tuple[str, ...],
-    stream: bool,
-    batch_size: int,
-    int8: bool,
-    threads: int | None,
-    as_json: bool,
-    debug: bool,
-) -> None:
-    """Answer questions with a trained gptmed model (bundle: onnxruntime, no torch; .pt: torch)."""
-    with cli_errors(debug):
-        questions = list(prompts)
-        if prompts_file:
-            questions += _read_prompts(prompts_file)
-        elif not questions and not interactive and not sys.stdin.isatty():
-            questions += _read_prompts("-", required=False)
-        if not questions and not interactive:
-            raise click.UsageError(
-                "give --prompt TEXT, --prompts-file FILE (or '-' for stdin), or --interactive"
-            )
-        gen = _open_generator(checkpoint, tokenizer, "int8" if int8 else None, threads)
-        sampling = _Sampling(
-            max_length=max_length,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            seed=seed,
-            stop=tuple(_unescape(s) for s in stop) or None,
-        )
-        if questions:
-            _answer_all(gen, questions, sampling, _Output(len(prompts), stream, as_json, batch_size))
-        if interactive:
-            _interactive(gen, sampling)
-
-
-def _emit(prompt: str, answer: str, as_json: bool, single: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"prompt": prompt, "answer": answer}, ensure_ascii=False))
-    elif single:
-        click.echo(answer)
-    else:
-        click.echo(f"Q: {prompt}\nA: {answer}\n")
-
-
-def _subject(index: int, prompts: list[str], flags: int) -> str:
-    """How an error names ``prompts[index]``: "prompt" when it is the only one, "prompt N ('...')"
-    for the N-th --prompt, "question N ('...')" for the N-th question of --prompts-file."""
-    if len(prompts) == 1:
-        return "prompt"
-    question = prompts[index]
-    shown = question if len(question) <= 50 else question[:47] + "..."
-    if index < flags:
-        return f"prompt {index + 1} ({shown!r})"
-    return f"question {index - flags + 1} ({shown!r})"
-
-
-def _answer_all(gen: Any, prompts: list[str], sampling: _Sampling, out: _Output) -> None:
-    from gptmed.inference.generator import PromptError
-
-    single = len(prompts) == 1 and out.flags == 1  # one --prompt: the bare answer
-    if out.stream and not out.as_json:
-        for n, prompt in enumerate(prompts):
-            pieces = sampling.stream(gen, prompt)
-            try:
-                first = next(pieces, "")  # a prompt that cannot run fails here, before its "Q:"
-            except PromptError as exc:
-                raise GptmedError(exc.about(_subject(n, prompts, out.flags))) from None
-            if not single:
-                click.echo(f"Q: {prompt}\nA: ", nl=False)
-            click.echo(first, nl=False)
-            for piece in pieces:
-                click.echo(piece, nl=False)
-            click.echo("\n" if not single else "")
-        return
-
-    for start in range(0, len(prompts), out.batch_size):
-        chunk = prompts[start : start + out.batch_size]
-        try:
-            answers = sampling.answers(gen, chunk)
-        except PromptError as exc:
-            raise GptmedError(exc.about(_subject(start + exc.row, prompts, out.flags))) from None
-        for prompt, answer in zip(chunk, answers, strict=True):
-            _emit(prompt, answer, out.as_json, single)
-
-
-def _interactive(gen: Any, sampling: _Sampling) -> None:
-    click.echo("Ask a question (Ctrl-D or 'exit' to quit).", err=True)
-    while True:
-        try:
-            question = input("Q: ")
-        except EOFError:
-            click.echo("", err=True)
-            return
-        if question.strip() in ("exit", "quit"):
-            return
-        if not question.strip():
-            continue
-        try:
-            click.echo("A: ", nl=False)
-            for piece in sampling.stream(gen, question):
-                click.echo(piece, nl=False)
-            click.echo("\n")
-        except ValueError as exc:  # a prompt that does not fit: say so and keep going
-            click.echo(f"\nError: {exc}", err=True)
-
-
-# ------------------------------------------------------------------------------------ gptmed-infer
+from gptmed.inference.generate_cli import generate_main  # noqa: F401  (its old import path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -433,7 +86,7 @@ def export_cmd(
         except ImportError as exc:
             raise _needs_export_extra(exc) from None
         if not Path(checkpoint).exists():
-            raise _not_found(Path(checkpoint), "--checkpoint", bundles=False)
+            raise not_found(Path(checkpoint), "--checkpoint", bundles=False)
         try:
             with _stage_bar("export") as progress:
                 report = export_bundle_report(
@@ -507,7 +160,7 @@ def export_cmd(
     help="Sampling seed with --sample (same seed, same answers).",
 )
 @click.option("--int8", is_flag=True, help="Evaluate the int8 graph.")
-@_threads_option
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def eval_cmd(
@@ -527,7 +180,7 @@ def eval_cmd(
     from gptmed.inference.evaluate import evaluate
 
     with cli_errors(debug):
-        gen = _open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
+        gen = open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
         decoding = gen.defaults.replace(seed=seed) if sample else gen.defaults.replace(temperature=0.0)
         report = evaluate(gen, data, max_length=max_length, limit=limit, decoding=decoding)
         if as_json:
@@ -647,7 +300,7 @@ def info_cmd(bundle: str, debug: bool) -> None:
     help="Seconds running requests get to finish after SIGTERM/SIGINT (then 503).",
 )
 @click.option("--int8", is_flag=True, help="Serve the int8 graph.")
-@_threads_option
+@threads_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve_cmd(
     bundle: str,
@@ -694,7 +347,7 @@ def serve_cmd(
         os.environ.setdefault("GPTMED_ORT_SPIN", "0")
         sockets = bind_sockets(host, port)  # a port in use fails here, before loading the model
         try:
-            gen = _open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
+            gen = open_generator(bundle, None, "int8" if int8 else None, threads, option="--bundle")
         except BaseException:
             for sock in sockets:
                 sock.close()

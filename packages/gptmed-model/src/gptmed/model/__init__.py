@@ -3,8 +3,9 @@
 ``from gptmed.model import GPTTransformer`` ; attention backends live in :mod:`gptmed.model.attention`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
+from gptmed.core import installed_version
 from gptmed.model.architecture import GPTTransformer, KVCache, clean_state_dict, unwrap
 from gptmed.model.attention import select_backend, set_backend, use_backend
 from gptmed.model.configs.model_config import (
@@ -18,10 +19,12 @@ from gptmed.model.configs.model_config import (
 from gptmed.model.loss import linear_cross_entropy
 from gptmed.model.sizes import SizeReport, size_report
 
-try:
-    __version__ = version("gptmed-model")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # lazy: see gptmed.core.installed_version
+        return installed_version("gptmed-model")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PRESETS",

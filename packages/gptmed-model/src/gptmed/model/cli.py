@@ -8,16 +8,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from gptmed.core.config import PRESETS, get_config
+from gptmed.core.config import DEFAULT_MODEL_SIZE, PRESETS, get_config
 from gptmed.core.errors import cli_errors
+from gptmed.core.manifests import installed_version
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _version() -> str:
-    from gptmed.model import __version__
-
-    return __version__
+    return installed_version("gptmed-model")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,7 +112,7 @@ def sizes(
 @click.option(
     "--model-size",
     type=click.Choice(sorted(PRESETS)),
-    default="small",
+    default=DEFAULT_MODEL_SIZE,
     show_default=True,
     help="Preset to describe.",
 )

@@ -3,8 +3,9 @@
 >>> from gptmed.tokenizer import Tokenizer, train_tokenizer, tokenize_dataset
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
+from gptmed.core import installed_version
 from gptmed.tokenizer.dataset import FILES, load_split, token_dtype, tokenize_dataset
 from gptmed.tokenizer.inputs import iter_pairs, read_pairs
 from gptmed.tokenizer.tokenizer import TokenIdError, Tokenizer
@@ -17,10 +18,12 @@ from gptmed.tokenizer.training import (
     vocab_size_range,
 )
 
-try:
-    __version__ = version("gptmed-tokenizer")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # lazy: see gptmed.core.installed_version
+        return installed_version("gptmed-tokenizer")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FILES",

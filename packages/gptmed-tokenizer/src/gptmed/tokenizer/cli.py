@@ -20,9 +20,9 @@ RULE = "=" * 60
 
 
 def _version() -> str:
-    from gptmed.tokenizer import __version__
+    from gptmed.core import installed_version
 
-    return __version__
+    return installed_version("gptmed-tokenizer")
 
 
 def _debug(ctx: click.Context, debug: bool) -> bool:

@@ -3,6 +3,8 @@
 ``train_model(TrainingConfig(...)) -> TrainResult`` is the library call under ``gptmed-train``.
 """
 
+from typing import Any
+
 from gptmed.core import installed_version, parse_duration
 from gptmed.training.budget import BudgetPlan
 from gptmed.training.callbacks import RunInfo, TrainCallbacks, TrainResult
@@ -14,7 +16,12 @@ from gptmed.training.launch import train_model
 from gptmed.training.metrics import plot_metrics, read_metrics
 from gptmed.training.trainer import Trainer, build_model_config
 
-__version__ = installed_version("gptmed-train")
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # lazy: see gptmed.core.installed_version
+        return installed_version("gptmed-train")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BudgetPlan",

@@ -448,9 +448,9 @@ _NOT_FIELDS = {"config_file", "debug"}
 
 
 def _version() -> str:
-    from gptmed.training import __version__
+    from gptmed.core import installed_version
 
-    return __version__
+    return installed_version("gptmed-train")
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,12 +16,11 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from gptmed.core import PRESETS, ConfigError, parse_duration
+from gptmed.core import DEFAULT_MODEL_SIZE, PRESETS, ConfigError, parse_duration
 
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_MODEL_SIZE", "LOSS_ON", "PRECISIONS", "TrainingConfig"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEFAULT_MODEL_SIZE = "small"  # the preset when none is given (and no checkpoint says otherwise)
 DEFAULT_EPOCHS = 10  # epochs when neither num_epochs nor a time budget is given
 LOSS_ON = ("answer", "all")
 
