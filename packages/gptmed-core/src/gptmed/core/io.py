@@ -74,20 +74,23 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     folder = path.parent if str(path.parent) else Path(".")
     made = missing_folders(folder)
+    tmp_name: str | None = None
     try:
-        make_folder(folder, "the output folder")
+        # One try from the temp file's creation to its rename, and the name is bound as mkstemp
+        # returns (no call in between): a signal (Ctrl-C, SIGTERM under cli_errors) that lands
+        # anywhere after mkstemp returns still removes the file.
+        prefix = f".{path.name}{TEMP_MARKER}"
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
-        except FileNotFoundError:  # another writer's failed write removed the folder it had made
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=folder)
-    except PermissionError:
-        remove_empty_folders(made)
-        raise GptmedError(
-            f"cannot write {path}: permission denied in {folder}", hint="choose a folder you can write to"
-        ) from None
-    tmp = Path(tmp_name)
-    try:
+            make_folder(folder, "the output folder")
+            try:
+                fd, tmp_name = tempfile.mkstemp(prefix=prefix, dir=folder)
+            except FileNotFoundError:  # another writer's failed write removed the folder it had made
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp_name = tempfile.mkstemp(prefix=prefix, dir=folder)
+        except PermissionError:
+            raise GptmedError(
+                f"cannot write {path}: permission denied in {folder}", hint="choose a folder you can write to"
+            ) from None
         if mode == "w":
             fh: IO[str] | IO[bytes] = os.fdopen(fd, "w", encoding=encoding, newline="\n")
         else:
@@ -96,12 +99,13 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
         _fsync_dir(folder)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp_name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
         remove_empty_folders(made)
         raise
 
