@@ -228,6 +228,25 @@ def test_wrong_or_missing_key_is_401(server) -> None:  # type: ignore[no-untyped
         ),
         ("/v1/completions", '{"prompt": "hi", "n": true}', "invalid_type", "n"),  # True == 1 in Python
         ("/v1/completions", '{"prompt": "hi", "n": 2}', "invalid_value", "n"),
+        ("/v1/completions", '{"prompt": "hi", "frequency_penalty": 3}', "invalid_value", "frequency_penalty"),
+        (
+            "/v1/completions",
+            '{"prompt": "hi", "presence_penalty": -2.5}',
+            "invalid_value",
+            "presence_penalty",
+        ),
+        (
+            "/v1/completions",
+            '{"prompt": "hi", "no_repeat_ngram_size": -1}',
+            "invalid_value",
+            "no_repeat_ngram_size",
+        ),
+        (
+            "/v1/completions",
+            '{"prompt": "hi", "no_repeat_ngram_size": 1.5}',
+            "invalid_value",
+            "no_repeat_ngram_size",
+        ),
         # silently ignoring them would hand back something else than what was asked for
         ("/v1/completions", '{"prompt": "hi", "echo": true}', "unsupported_parameter", "echo"),
         ("/v1/completions", '{"prompt": "hi", "logprobs": 2}', "unsupported_parameter", "logprobs"),

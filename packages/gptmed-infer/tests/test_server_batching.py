@@ -85,6 +85,26 @@ def test_greedy_rows_in_one_batch_get_the_tokens_they_get_alone(onnx_gen, artifa
     assert any(b < a for a, b in itertools.pairwise(widths))  # and rows left on their own
 
 
+def test_rows_with_their_own_penalties_get_the_tokens_they_get_alone(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """Each row's frequency / presence penalties and no-repeat n-gram rule are its own in a batch."""
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    settings = [
+        {"no_repeat_ngram_size": 2},
+        {"frequency_penalty": 1.5},
+        {},
+        {"presence_penalty": 2.0, "no_repeat_ngram_size": 3},
+        {"repetition_penalty": 1.5},
+    ]
+    configs = [make_config(gen.defaults, temperature=0.0, max_length=40, **s) for s in settings]
+    requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(QUESTIONS, configs, strict=False)]
+    got = _run(gen, requests, max_batch=8)
+    for q, cfg, (tokens, _text, _reason) in zip(QUESTIONS, configs, got, strict=False):
+        assert tokens == gen.generate_results([q], config=cfg)[0].token_ids, (q, cfg)
+    bigrams = list(itertools.pairwise(got[0][0]))
+    assert len(bigrams) == len(set(bigrams))  # the n-gram rule held in the batch
+    assert max(gen.backend.widths) > 1
+
+
 def test_seeded_rows_in_one_batch_get_the_text_they_get_alone(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
     gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
     configs = [
