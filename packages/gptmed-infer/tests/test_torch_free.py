@@ -1,4 +1,4 @@
-"""The runtime never imports torch or onnx (ARCHITECTURE.md section 1); the torch side lives in
+"""The runtime never imports torch or onnx (docs/architecture.md); the torch side lives in
 ``gptmed.inference.export`` and is reached only lazily."""
 
 from __future__ import annotations
