@@ -9,8 +9,9 @@ memory-mapped; every shape, dtype and id range is checked before training starts
 gptmed-tokenizer's ``load_split`` reads the same files for its own tools; gptmed-train does not
 depend on gptmed-tokenizer (docs/architecture.md: train depends on core and model only, so that a
 training machine needs no SentencePiece), and gptmed-core is the standard library only, so the
-reader cannot live in one shared place. The format itself is defined once, by the manifest in
-gptmed-core, and both readers check against it.
+reader cannot live in one shared place. The format's facts are defined once, by the
+``DatasetManifest`` in gptmed-core; this reader checks the arrays against it, the tokenizer's is a
+plain loader for its inspect tools.
 
 A batch of rows ``r`` gives ``x = r[:, :-1]`` and ``y = r[:, 1:]``; a target is ignored (-100)
 where ``mask[:, 1:] == 0`` (``loss_on="answer"``) or where ``y`` is the pad id (``loss_on="all"``).
