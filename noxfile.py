@@ -139,7 +139,8 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy: strict for gptmed-core, checked for the rest."""
     _install_local(session, _closure(PRESENT))
-    session.install(*PIP_ARGS, "mypy==2.4.1", "numpy")
+    # the server's own dependencies (gptmed-infer[serve]) so its code is checked against their types
+    session.install(*PIP_ARGS, "mypy==2.4.1", "numpy", "starlette", "uvicorn", "prometheus-client")
     targets = [str(PACKAGES[n].path / "src") for n in PRESENT]
     session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"), *targets)
 

@@ -61,7 +61,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_custom_training_config_trains_with_main(workdir: Path) -> None:
     out = _python(MANUAL_TRAINING, workdir).stdout
-    assert "main() got no config: training with `train_config`, the TrainingConfig the script defines" in out  # not the CLI's defaults
+    assert (
+        "main() got no config: training with `train_config`, the TrainingConfig the script defines" in out
+    )  # not the CLI's defaults
     assert "Training complete" in out and "Stopped at --max-steps (2 steps)" in out
     assert (workdir / "model/checkpoints/best_model.pt").exists()
 
