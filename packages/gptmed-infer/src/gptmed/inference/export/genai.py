@@ -62,7 +62,7 @@ def genai_config(
             "length_penalty": 1.0,
             "max_length": config.max_seq_len,
             "min_length": 0,
-            "no_repeat_ngram_size": 0,
+            "no_repeat_ngram_size": generation.no_repeat_ngram_size,  # (frequency / presence: no such key)
             "num_beams": 1,
             "num_return_sequences": 1,
             "past_present_share_buffer": True,  # GroupQueryAttention appends in place
