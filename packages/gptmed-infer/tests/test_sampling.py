@@ -38,8 +38,21 @@ def test_bad_sampling_parameter_names_it(param: str, value: float) -> None:
         make_config(None, **{param: value})
 
 
+def _config(**fields: object) -> GenerationConfig:
+    """A GenerationConfig without the default frequency penalty: each test here checks one rule."""
+    return GenerationConfig(**{"frequency_penalty": 0.0, **fields})  # type: ignore[arg-type]
+
+
+def test_default_frequency_penalty_makes_greedy_move_on() -> None:
+    x = np.array([[2.0, 1.2, 0.0]], dtype=np.float32)
+    assert GenerationConfig().frequency_penalty == 0.5
+    # 0.5 per earlier use of a token in the answer: 0 (2.0), 0 (1.5), 1 (1.2 > 1.0), 0 (1.0 > 0.7)
+    assert _greedy_run(GenerationConfig(temperature=0.0), x, 4) == [0, 0, 1, 0]
+    assert _greedy_run(_config(temperature=0.0), x, 4) == [0, 0, 0, 0]  # raw logits: 0 for ever
+
+
 def test_unset_parameters_keep_defaults() -> None:
-    cfg = make_config(GenerationConfig(temperature=0.3), temperature=None, top_k=7, stop="END")
+    cfg = make_config(_config(temperature=0.3), temperature=None, top_k=7, stop="END")
     assert (cfg.temperature, cfg.top_k, cfg.stop) == (0.3, 7, ("END",))
 
 
@@ -49,7 +62,7 @@ def _logits(batch: int = 3, vocab: int = 50, seed: int = 0) -> np.ndarray:
 
 def test_temperature_zero_is_argmax() -> None:
     x = _logits()
-    s = Sampler(GenerationConfig(temperature=0.0), 3, 50)
+    s = Sampler(_config(temperature=0.0), 3, 50)
     before = x.copy()
     tokens = s.next_tokens(x)
     assert np.array_equal(tokens, x.argmax(-1)) and tokens.dtype == np.int64
@@ -59,8 +72,8 @@ def test_temperature_zero_is_argmax() -> None:
 def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
     x = _logits(seed=1)
     for cfg in (
-        GenerationConfig(temperature=1.0, top_k=1, seed=3),
-        GenerationConfig(temperature=1.0, top_k=0, top_p=1e-9, seed=3),
+        _config(temperature=1.0, top_k=1, seed=3),
+        _config(temperature=1.0, top_k=0, top_p=1e-9, seed=3),
     ):
         s = Sampler(cfg, 3, 50)
         for _ in range(5):
@@ -70,7 +83,7 @@ def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
 def test_top_k_never_samples_outside_the_k_best() -> None:
     x = _logits(batch=2, seed=2)
     top3 = np.argsort(-x, axis=-1)[:, :3]
-    s = Sampler(GenerationConfig(temperature=5.0, top_k=3, top_p=1.0, seed=0), 2, 50)
+    s = Sampler(_config(temperature=5.0, top_k=3, top_p=1.0, seed=0), 2, 50)
     for _ in range(200):
         tok = s.next_tokens(x)
         assert all(tok[b] in top3[b] for b in range(2))
@@ -79,14 +92,14 @@ def test_top_k_never_samples_outside_the_k_best() -> None:
 def test_top_p_keeps_the_smallest_nucleus() -> None:
     probs = np.array([[0.5, 0.3, 0.15, 0.05]])
     x = np.log(probs).astype(np.float32)
-    s = Sampler(GenerationConfig(temperature=1.0, top_k=0, top_p=0.75, seed=0), 1, 4)
+    s = Sampler(_config(temperature=1.0, top_k=0, top_p=0.75, seed=0), 1, 4)
     seen = {int(s.next_tokens(x)[0]) for _ in range(300)}
     assert seen == {0, 1}  # 0.5 < 0.75 <= 0.8
 
 
 def test_sampling_frequencies_follow_the_distribution() -> None:
     probs = np.array([[0.6, 0.3, 0.1]])
-    s = Sampler(GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, seed=123), 1, 3)
+    s = Sampler(_config(temperature=1.0, top_k=0, top_p=1.0, seed=123), 1, 3)
     counts = np.bincount([int(s.next_tokens(np.log(probs))[0]) for _ in range(3000)], minlength=3) / 3000
     assert np.allclose(counts, probs[0], atol=0.04)
 
@@ -95,7 +108,7 @@ def test_same_seed_same_tokens_other_seed_differs() -> None:
     x = _logits(batch=4, vocab=200, seed=5)
 
     def run(seed: int) -> list[int]:
-        s = Sampler(GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=seed), 4, 200)
+        s = Sampler(_config(temperature=1.5, top_k=0, top_p=1.0, seed=seed), 4, 200)
         return [int(t) for _ in range(10) for t in s.next_tokens(x)]
 
     assert run(7) == run(7)
@@ -104,7 +117,7 @@ def test_same_seed_same_tokens_other_seed_differs() -> None:
 
 def test_repetition_penalty_discourages_seen_tokens() -> None:
     x = np.array([[2.0, 1.9, -1.0, 0.5]], dtype=np.float32)
-    s = Sampler(GenerationConfig(temperature=0.0, repetition_penalty=2.0), 1, 4, history=[[0]])
+    s = Sampler(_config(temperature=0.0, repetition_penalty=2.0), 1, 4, history=[[0]])
     assert int(s.next_tokens(x)[0]) == 1  # 2.0 / 2 = 1.0 < 1.9
     assert int(s.next_tokens(x)[0]) == 0  # both seen now: 1.0 > 0.95 > 0.5
 
@@ -112,10 +125,10 @@ def test_repetition_penalty_discourages_seen_tokens() -> None:
 def test_each_row_draws_alone_so_batch_size_does_not_change_seeded_tokens() -> None:
     """A seeded row samples the same tokens alone as in a batch (one generator per row)."""
     x = _logits(batch=4, vocab=200, seed=5)
-    batch = Sampler(GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=3), 4, 200)
+    batch = Sampler(_config(temperature=1.5, top_k=0, top_p=1.0, seed=3), 4, 200)
     together = np.stack([batch.next_tokens(x) for _ in range(12)], axis=1)  # (4, 12)
     for row in range(4):
-        alone = Sampler(GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=3), 1, 200)
+        alone = Sampler(_config(temperature=1.5, top_k=0, top_p=1.0, seed=3), 1, 200)
         assert [int(alone.next_tokens(x[row : row + 1])[0]) for _ in range(12)] == together[row].tolist()
 
 
@@ -123,13 +136,13 @@ def test_each_row_draws_alone_so_batch_size_does_not_change_seeded_tokens() -> N
 def test_a_tiny_temperature_is_greedy_not_nan(temperature: float) -> None:
     x = _logits(batch=3, vocab=50, seed=1)
     with np.errstate(all="raise"):  # no divide-by-zero, NaN or warning on the way
-        s = Sampler(GenerationConfig(temperature=temperature, top_k=0, top_p=1.0, seed=0), 3, 50)
+        s = Sampler(_config(temperature=temperature, top_k=0, top_p=1.0, seed=0), 3, 50)
         assert s.next_tokens(x).tolist() == np.argmax(x, axis=-1).tolist()
 
 
 def test_a_tiny_repetition_penalty_gives_valid_tokens() -> None:
     x = np.array([[2.0, 1.9, -1.0, 0.5]], dtype=np.float32)
-    s = Sampler(GenerationConfig(temperature=1.0, repetition_penalty=1e-300, seed=0), 1, 4, history=[[0, 1]])
+    s = Sampler(_config(temperature=1.0, repetition_penalty=1e-300, seed=0), 1, 4, history=[[0, 1]])
     with np.errstate(all="raise"):  # and no numpy warning reaches the user
         tokens = [int(s.next_tokens(x)[0]) for _ in range(5)]
     assert tokens[0] == 0  # the boosted seen token wins outright; nothing NaN
@@ -143,16 +156,16 @@ def _greedy_run(cfg: GenerationConfig, logits: np.ndarray, steps: int, history=N
 
 def test_no_repeat_ngram_never_repeats_an_ngram_of_the_answer_even_greedy() -> None:
     x = np.array([[3.0, 2.0, 1.0, 0.0, -1.0]], dtype=np.float32)  # greedy alone says 0 forever
-    tokens = _greedy_run(GenerationConfig(temperature=0.0, no_repeat_ngram_size=2), x, 11)
+    tokens = _greedy_run(_config(temperature=0.0, no_repeat_ngram_size=2), x, 11)
     assert tokens[:10] == [0, 0, 1, 0, 2, 0, 3, 0, 4, 0]  # "0 0" and "0 1" used up, then "0 2", ...
     # after that every token would repeat a bigram: the rule gives way to the logits, never to an
     # arbitrary id
     assert tokens[10] == 0
-    three = _greedy_run(GenerationConfig(temperature=0.0, no_repeat_ngram_size=3), x, 6)
+    three = _greedy_run(_config(temperature=0.0, no_repeat_ngram_size=3), x, 6)
     assert three == [0, 0, 0, 1, 0, 0]  # "0 0 0" once; after "0 0" again, 0 would repeat it
     # the prompt does not count: only n-grams of the answer are banned
-    assert _greedy_run(GenerationConfig(temperature=0.0, no_repeat_ngram_size=2), x, 2, [[0, 0]]) == [0, 0]
-    sampled = GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, seed=1, no_repeat_ngram_size=2)
+    assert _greedy_run(_config(temperature=0.0, no_repeat_ngram_size=2), x, 2, [[0, 0]]) == [0, 0]
+    sampled = _config(temperature=1.0, top_k=0, top_p=1.0, seed=1, no_repeat_ngram_size=2)
     many = _greedy_run(sampled, np.zeros((1, 6), dtype=np.float32), 25)
     pairs = list(itertools.pairwise(many))
     assert len(set(pairs)) == len(pairs)
@@ -160,7 +173,7 @@ def test_no_repeat_ngram_never_repeats_an_ngram_of_the_answer_even_greedy() -> N
 
 def test_no_repeat_ngram_rows_are_independent() -> None:
     x = np.array([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]], dtype=np.float32)
-    cfg = GenerationConfig(temperature=0.0, no_repeat_ngram_size=2)
+    cfg = _config(temperature=0.0, no_repeat_ngram_size=2)
     s = Sampler(cfg, 2, 4)
     together = np.stack([s.next_tokens(x) for _ in range(8)], axis=1)
     for row in range(2):
@@ -170,8 +183,8 @@ def test_no_repeat_ngram_rows_are_independent() -> None:
 def test_frequency_and_presence_penalties_count_the_answer() -> None:
     x = np.array([[2.0, 1.5, 0.0]], dtype=np.float32)
     # frequency 0.6: 0 (2.0), 1 (1.5 > 1.4), 0 (1.4 > 0.9), 1 (0.9 > 0.8), 0 (0.8 > 0.3), ...
-    assert _greedy_run(GenerationConfig(temperature=0.0, frequency_penalty=0.6), x, 5) == [0, 1, 0, 1, 0]
+    assert _greedy_run(_config(temperature=0.0, frequency_penalty=0.6), x, 5) == [0, 1, 0, 1, 0]
     # presence 0.6: once each, then the 0.6 no longer grows: 0 (1.4) beats 1 (0.9) for good
-    assert _greedy_run(GenerationConfig(temperature=0.0, presence_penalty=0.6), x, 4) == [0, 1, 0, 0]
+    assert _greedy_run(_config(temperature=0.0, presence_penalty=0.6), x, 4) == [0, 1, 0, 0]
     # neither looks at the prompt
-    assert _greedy_run(GenerationConfig(temperature=0.0, presence_penalty=0.6), x, 1, [[0]]) == [0]
+    assert _greedy_run(_config(temperature=0.0, presence_penalty=0.6), x, 1, [[0]]) == [0]

@@ -141,19 +141,19 @@ class _Output:
     "--frequency-penalty",
     type=click.FloatRange(-2, 2),
     default=None,
-    help="Subtracted from a token's logit per earlier use in the answer.",
+    help="Subtracted from a token's logit per earlier use in the answer [default: 0.5].",
 )
 @click.option(
     "--presence-penalty",
     type=click.FloatRange(-2, 2),
     default=None,
-    help="Subtracted from a token's logit once the answer holds it.",
+    help="Subtracted from a token's logit once the answer holds it [default: 0].",
 )
 @click.option(
     "--no-repeat-ngram-size",
     type=click.IntRange(min=0),
     default=None,
-    help="n > 0: the answer never repeats an n-gram of tokens; 0 = off.",
+    help="n > 0: the answer never repeats an n-gram of tokens; 0 = off [default: 0].",
 )
 @click.option("--seed", type=int, default=None, help="Fix sampling: the same seed gives the same text.")
 @click.option(

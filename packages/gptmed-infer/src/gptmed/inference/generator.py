@@ -352,7 +352,7 @@ class TextGenerator:
         """The answer to ``prompt`` (a question; the template is applied here), without the prompt.
 
         Unset parameters come from the bundle's generation defaults (temperature 0.7, top_k 50,
-        top_p 0.9, max_length 100 new tokens). ``temperature=0`` is greedy.
+        top_p 0.9, max_length 100 new tokens, frequency_penalty 0.5). ``temperature=0`` is greedy.
         """
         return self.generate_batch(
             [prompt],
