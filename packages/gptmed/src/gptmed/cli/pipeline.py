@@ -169,18 +169,32 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) -> PipelineResult:
     """Run (or continue) the pipeline for ``options``; see the module docstring."""
-    # Component imports happen here: `gptmed --help` must stay fast and work on partial installs.
-    from gptmed.configs.train_config import TrainingConfig
-    from gptmed.data import convert, split
-    from gptmed.inference.evaluate import DEFAULT_MAX_LENGTH, evaluate
-    from gptmed.inference.export import export_bundle
-    from gptmed.inference.generator import TextGenerator
-    from gptmed.tokenizer import Tokenizer, VocabSizeError, tokenize_dataset, train_tokenizer
-    from gptmed.training import TrainCallbacks, train_model
+    if options.export_checkpoint not in ("best", "last"):
+        raise ConfigError(f"export_checkpoint must be 'best' or 'last', got {options.export_checkpoint!r}")
+    run = _PipelineRun(options, echo)
+    run.convert()
+    eval_data = run.split()
+    run.train_tokenizer()
+    run.tokenize()
+    run.train()
+    run.export()
+    run.evaluate(eval_data)
+    metrics = json.loads(run.eval_json.read_text(encoding="utf-8"))
+    return PipelineResult(
+        out=run.out,
+        bundle=run.bundle,
+        checkpoint=run.exported,
+        tokenizer=run.tok_model,
+        choices=run.choices,
+        metrics=metrics,
+    )
+
+
+def _epoch_lines(echo: Callable[[str], None]) -> Any:
+    """Training callbacks that print one line per epoch: enough to watch a pipeline train."""
+    from gptmed.training import TrainCallbacks
 
     class EpochLines(TrainCallbacks):
-        """One line per epoch: enough to watch a pipeline train without a progress bar."""
-
         def on_epoch_end(
             self,
             epoch: int,
@@ -194,240 +208,240 @@ def run_pipeline(options: PipelineOptions, echo: Callable[[str], None] = print) 
             of = f"/{num_epochs}" if num_epochs else ""
             echo(f"      epoch {epoch}{of}: train loss {tr}, val loss {va} ({seconds:.1f}s)")
 
-    out = make_folder(options.out, "output folder")
-    data_dir, tok_dir, ckpt_dir, bundle = (
-        out / "data",
-        out / "tokenizer",
-        out / "model" / "checkpoints",
-        out / "bundle",
-    )
-    qa, train_txt, test_txt = data_dir / "qa.txt", data_dir / "train.txt", data_dir / "test.txt"
-    tokenized = data_dir / "tokenized"
-    tok_prefix = tok_dir / "tokenizer"
-    tok_model = tok_dir / "tokenizer.model"
-    best = ckpt_dir / "best_model.pt"
-    if options.export_checkpoint not in ("best", "last"):
-        raise ConfigError(f"export_checkpoint must be 'best' or 'last', got {options.export_checkpoint!r}")
-    # the newest checkpoint of the run, whatever its name (early stopping and keep-last change it)
-    last = ckpt_dir / "last_model.pt"
-    exported = best if options.export_checkpoint == "best" else last
-    eval_json = out / "eval.json"
-    runner = StepRunner(out, echo=echo, force=options.force)
-    total = 7
-    choices: list[Choice] = []
+    return EpochLines()
 
-    def announce(choice: Choice, given: int | str | None) -> Any:
+
+class _PipelineRun:
+    """The seven steps of one pipeline run over one output folder, each a method.
+
+    Component imports happen inside the methods: ``gptmed --help`` must stay fast and work on
+    partial installs."""
+
+    TOTAL = 7
+
+    def __init__(self, options: PipelineOptions, echo: Callable[[str], None]) -> None:
+        self.options, self.echo = options, echo
+        self.out = out = make_folder(options.out, "output folder")
+        self.data_dir = out / "data"
+        self.qa = self.data_dir / "qa.txt"
+        self.train_txt, self.test_txt = self.data_dir / "train.txt", self.data_dir / "test.txt"
+        self.tokenized = self.data_dir / "tokenized"
+        self.tok_model = out / "tokenizer" / "tokenizer.model"
+        self.ckpt_dir = out / "model" / "checkpoints"
+        self.best = self.ckpt_dir / "best_model.pt"
+        self.last = self.ckpt_dir / "last_model.pt"  # the run's newest checkpoint, whatever its name
+        self.exported = self.best if options.export_checkpoint == "best" else self.last
+        self.bundle = out / "bundle"
+        self.eval_json = out / "eval.json"
+        self.runner = StepRunner(out, echo=echo, force=options.force)
+        self.choices: list[Choice] = []
+        self.vocab_size = self.max_length = 0
+
+    def _announce(self, choice: Choice, given: int | str | None) -> Any:
+        """Print a setting: the user's value as given, else the chosen one with its reason."""
         if given is not None:
-            echo(f"      {choice.flag} {given} (given)")
+            self.echo(f"      {choice.flag} {given} (given)")
             return given
-        choices.append(choice)
-        echo(f"      {choice}")
+        self.choices.append(choice)
+        self.echo(f"      {choice}")
         return choice.value
 
-    # 1. convert
-    convert_opts: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "format": options.input_format,
-            "question_field": options.question_field,
-            "answer_field": options.answer_field,
-            "table": options.table,
-            "query": options.query,
-            "records_key": options.records_key,
-            "encoding": options.encoding,
-            "delimiter": options.delimiter,
-            "skip_invalid": options.skip_invalid or None,
-        }.items()
-        if v is not None
-    }
+    def _step(self, number: int, step: Step) -> None:
+        self.runner.run_one(step, number, self.TOTAL)
 
-    def do_convert() -> str:
-        report = convert(options.input, qa, overwrite=True, **convert_opts)
-        return f"{report.written:,} pairs -> {qa}"
+    def convert(self) -> None:
+        from gptmed.data import convert
 
-    runner.run_one(
-        Step("convert", f"Convert {options.input}", [options.input], [qa], do_convert, convert_opts), 1, total
-    )
+        o = self.options
+        fields = {
+            "format": o.input_format,
+            "question_field": o.question_field,
+            "answer_field": o.answer_field,
+            "table": o.table,
+            "query": o.query,
+            "records_key": o.records_key,
+            "encoding": o.encoding,
+            "delimiter": o.delimiter,
+            "skip_invalid": o.skip_invalid or None,
+        }
+        given: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
 
-    # 2. hold out a test split
-    def do_split() -> str:
-        report = split(qa, data_dir, val=0.0, test=options.test_fraction, seed=options.seed, overwrite=True)
-        return f"{report.pairs['train']:,} train / {report.pairs['test']:,} held-out pairs"
+        def do_convert() -> str:
+            report = convert(o.input, self.qa, overwrite=True, **given)
+            return f"{report.written:,} pairs -> {self.qa}"
 
-    if options.test_fraction > 0:
-        split_params = {"test": options.test_fraction, "seed": options.seed}
-        runner.run_one(
-            Step("split", "Hold out test pairs", [qa], [train_txt, test_txt], do_split, split_params),
-            2,
-            total,
+        self._step(1, Step("convert", f"Convert {o.input}", [o.input], [self.qa], do_convert, given))
+
+    def split(self) -> Path:
+        """Hold out the test pairs; returns the file the last step evaluates on."""
+        from gptmed.data import split
+
+        o = self.options
+        if o.test_fraction <= 0:
+            self.train_txt = self.qa
+            self.echo(
+                f"[2/{self.TOTAL}] Hold out test pairs: --test-fraction 0, evaluating on the training pairs"
+            )
+            return self.qa
+
+        def do_split() -> str:
+            report = split(self.qa, self.data_dir, val=0.0, test=o.test_fraction, seed=o.seed, overwrite=True)
+            return f"{report.pairs['train']:,} train / {report.pairs['test']:,} held-out pairs"
+
+        params = {"test": o.test_fraction, "seed": o.seed}
+        outputs = [self.train_txt, self.test_txt]
+        self._step(2, Step("split", "Hold out test pairs", [self.qa], outputs, do_split, params))
+        return self.test_txt
+
+    def train_tokenizer(self) -> None:
+        from gptmed.tokenizer import VocabSizeError, train_tokenizer
+
+        o = self.options
+        vocab = self.vocab_size = self._announce(choose_vocab_size(self.train_txt), o.vocab_size)
+        prefix = self.tok_model.with_suffix("")
+
+        def do_tokenizer() -> str:
+            try:
+                train_tokenizer(self.train_txt, prefix, vocab_size=vocab)
+                return f"vocab {vocab} -> {self.tok_model}"
+            except VocabSizeError as exc:
+                if o.vocab_size is not None or exc.high is None:
+                    raise  # the user's own choice, or no usable range known: report it as it is
+                fitted = min(max(vocab, exc.low), exc.high)
+                self.echo(
+                    f"      vocab size {vocab} does not fit this corpus ({exc.low}..{exc.high}): using {fitted}"
+                )
+                train_tokenizer(self.train_txt, prefix, vocab_size=fitted)
+                return f"vocab {fitted} -> {self.tok_model}"
+
+        params = {"vocab": vocab, "seed": o.seed}
+        step = Step(
+            "tokenizer", "Train the tokenizer", [self.train_txt], [self.tok_model], do_tokenizer, params
         )
-        eval_data = test_txt
-    else:
-        train_txt, eval_data = qa, qa
-        echo(f"[2/{total}] Hold out test pairs: --test-fraction 0, evaluating on the training pairs")
+        self._step(3, step)
 
-    # 3. tokenizer
-    vocab = announce(choose_vocab_size(train_txt), options.vocab_size)
+    def _length_choice(self) -> dict[str, Any]:
+        """Encodes every pair: remembered in pipeline.json while its inputs stay the same."""
+        from gptmed.tokenizer import Tokenizer
 
-    def do_tokenizer() -> str:
-        try:
-            train_tokenizer(train_txt, tok_prefix, vocab_size=vocab)
-            return f"vocab {vocab} -> {tok_model}"
-        except VocabSizeError as exc:
-            if options.vocab_size is not None or exc.high is None:
-                raise  # the user's own choice, or no usable range known: report it as it is
-            fitted = min(max(vocab, exc.low), exc.high)
-            echo(f"      vocab size {vocab} does not fit this corpus ({exc.low}..{exc.high}): using {fitted}")
-            train_tokenizer(train_txt, tok_prefix, vocab_size=fitted)
-            return f"vocab {fitted} -> {tok_model}"
+        tokenizer = Tokenizer(self.tok_model)
+        pairs = read_qa_text(self.train_txt)
+        return asdict(choose_max_length([len(tokenizer.encode_pair(p.question, p.answer)[0]) for p in pairs]))
 
-    runner.run_one(
-        Step(
-            "tokenizer",
-            "Train the tokenizer",
-            [train_txt],
-            [tok_model],
-            do_tokenizer,
-            {"vocab": vocab, "seed": options.seed},
-        ),
-        3,
-        total,
-    )
+    def tokenize(self) -> None:
+        from gptmed.tokenizer import tokenize_dataset
 
-    # 4. tokenize
-    def length_choice() -> dict[str, Any]:  # encodes every pair: remembered while its inputs stay
-        tokenizer = Tokenizer(tok_model)
-        lengths = [len(tokenizer.encode_pair(p.question, p.answer)[0]) for p in read_qa_text(train_txt)]
-        return asdict(choose_max_length(lengths))
+        o = self.options
+        if o.max_length is None:
+            memo = self.runner.memo("max_length", [self.train_txt, self.tok_model], self._length_choice)
+            self.max_length = self._announce(Choice(**memo), None)
+        else:
+            self.max_length = self._announce(Choice("--max-length", o.max_length, ""), o.max_length)
+        max_length = self.max_length
 
-    if options.max_length is None:
-        max_length = announce(
-            Choice(**runner.memo("max_length", [train_txt, tok_model], length_choice)), None
+        def do_tokenize() -> str:
+            manifest = tokenize_dataset(
+                self.train_txt,
+                self.tok_model,
+                self.tokenized,
+                max_length=max_length,
+                train_split=1 - o.val_fraction,
+                seed=o.seed,
+            )
+            return f"{manifest.train_sequences:,} train / {manifest.val_sequences:,} val sequences of {max_length} tokens"
+
+        outputs = [self.tokenized / name for name in ("train.npy", "val.npy", "metadata.json")]
+        params = {"max_length": max_length, "val": o.val_fraction, "seed": o.seed}
+        self._step(
+            4, Step("tokenize", "Tokenize", [self.train_txt, self.tok_model], outputs, do_tokenize, params)
         )
-    else:
-        max_length = announce(Choice("--max-length", options.max_length, ""), options.max_length)
 
-    def do_tokenize() -> str:
-        manifest = tokenize_dataset(
-            train_txt,
-            tok_model,
-            tokenized,
-            max_length=max_length,
-            train_split=1 - options.val_fraction,
-            seed=options.seed,
+    def _model_size(self) -> str:
+        o = self.options
+        if o.model_size is not None:
+            return str(self._announce(Choice("--model-size", o.model_size, ""), o.model_size))
+        inputs = [self.tokenized / "train.npy", self.tokenized / "metadata.json"]
+        # measures the presets' speed: remembered while its inputs (and the budget and device) stay
+        memo = self.runner.memo(
+            f"model_size-{o.time_budget}-{o.device}", inputs, lambda: asdict(choose_size(self.tokenized, o))
         )
-        return f"{manifest.train_sequences:,} train / {manifest.val_sequences:,} val sequences of {max_length} tokens"
+        return str(self._announce(Choice(**memo), None))
 
-    runner.run_one(
-        Step(
-            "tokenize",
-            "Tokenize",
-            [train_txt, tok_model],
-            [tokenized / "train.npy", tokenized / "val.npy", tokenized / "metadata.json"],
-            do_tokenize,
-            {"max_length": max_length, "val": options.val_fraction, "seed": options.seed},
-        ),
-        4,
-        total,
-    )
+    def train(self) -> None:
+        """Train (an interrupted run resumes from its newest checkpoint)."""
+        from gptmed.configs.train_config import TrainingConfig
+        from gptmed.training import train_model
 
-    # 5. train (an interrupted run resumes from its newest checkpoint)
-    def size_choice() -> dict[str, Any]:  # measures the presets' speed: remembered while its inputs stay
-        return asdict(choose_size(tokenized, options))
+        o = self.options
+        params: dict[str, Any] = {
+            "model_size": self._model_size(),
+            "num_epochs": o.num_epochs,
+            "time_budget": o.time_budget,
+            "batch_size": o.batch_size,
+            "learning_rate": o.learning_rate,
+            "warmup_steps": o.warmup_steps,
+            "seed": o.seed,
+            **o.extra_train,
+        }
 
-    model_size = options.model_size
-    if model_size is None:
-        size_inputs = [tokenized / "train.npy", tokenized / "metadata.json"]
-        memo = runner.memo(f"model_size-{options.time_budget}-{options.device}", size_inputs, size_choice)
-        model_size = announce(Choice(**memo), None)
-    else:
-        announce(Choice("--model-size", model_size, ""), model_size)
-    train_params: dict[str, Any] = {
-        "model_size": model_size,
-        "num_epochs": options.num_epochs,
-        "time_budget": options.time_budget,
-        "batch_size": options.batch_size,
-        "learning_rate": options.learning_rate,
-        "warmup_steps": options.warmup_steps,
-        "seed": options.seed,
-        **options.extra_train,
-    }
-
-    def do_train() -> str:
-        resume = any(ckpt_dir.glob("checkpoint_*.pt"))
-        if resume:
-            echo("      resuming from the newest checkpoint in " + str(ckpt_dir))
-        config = TrainingConfig(
-            train_data_path=str(tokenized / "train.npy"),
-            val_data_path=str(tokenized / "val.npy"),
-            checkpoint_dir=str(ckpt_dir),
-            device=options.device,
-            resume=resume,
-            **train_params,
-        )
-        result = train_model(config, EpochLines())
-        if options.export_checkpoint == "last":
+        def do_train() -> str:
+            resume = any(self.ckpt_dir.glob("checkpoint_*.pt"))
+            if resume:
+                self.echo(f"      resuming from the newest checkpoint in {self.ckpt_dir}")
+            config = TrainingConfig(
+                train_data_path=str(self.tokenized / "train.npy"),
+                val_data_path=str(self.tokenized / "val.npy"),
+                checkpoint_dir=str(self.ckpt_dir),
+                device=o.device,
+                resume=resume,
+                **params,
+            )
+            result = train_model(config, _epoch_lines(self.echo))
+            if o.export_checkpoint == "best":
+                return f"best val loss {result.best_val_loss:.4f} -> {self.best}"
             if result.last_checkpoint is None:
-                raise ConfigError("training saved no checkpoint to export", where=str(ckpt_dir))
-            _link_or_copy(result.last_checkpoint, last)
-            return f"best val loss {result.best_val_loss:.4f}; last checkpoint -> {last}"
-        return f"best val loss {result.best_val_loss:.4f} -> {best}"
+                raise ConfigError("training saved no checkpoint to export", where=str(self.ckpt_dir))
+            _link_or_copy(result.last_checkpoint, self.last)
+            return f"best val loss {result.best_val_loss:.4f}; last checkpoint -> {self.last}"
 
-    runner.run_one(
-        Step(
-            "train",
-            "Train the model",
-            [tokenized / "train.npy", tokenized / "val.npy"],
-            [exported],
-            do_train,
-            train_params,
-        ),
-        5,
-        total,
-    )
+        inputs = [self.tokenized / "train.npy", self.tokenized / "val.npy"]
+        self._step(5, Step("train", "Train the model", inputs, [self.exported], do_train, params))
 
-    # 6. export
-    def do_export() -> str:
-        export_bundle(exported, bundle, tokenizer_path=tok_model, quantize=options.quantize)
-        return f"{exported.name} as an ONNX bundle -> {bundle}"
+    def export(self) -> None:
+        from gptmed.inference.export import export_bundle
 
-    runner.run_one(
-        Step(
-            "export",
-            "Export to ONNX",
-            [exported, tok_model],
-            [bundle],
-            do_export,
-            {"quantize": options.quantize},
-        ),
-        6,
-        total,
-    )
+        quantize = self.options.quantize
 
-    # 7. evaluate on the held-out pairs with the torch-free runtime
-    def do_eval() -> str:
-        report = evaluate(TextGenerator.from_bundle(bundle), eval_data, answers=PIPELINE_ANSWERS)
-        atomic_write_text(eval_json, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
-        return (
-            f"{report.pairs} pairs: answer BPB {report.answer_bpb:.3f}; answers to {report.answered}: EOS "
-            f"share {report.eos_share:.2f}, loop rate {report.loop_rate:.2f} (greedy, <= {report.max_length} "
-            "tokens), exact match "
-            f"{report.exact_match:.3f}, token F1 {report.token_f1:.3f}, ROUGE-L {report.rouge_l:.3f}, "
-            f"answer perplexity {report.perplexity:.2f}"
+        def do_export() -> str:
+            export_bundle(self.exported, self.bundle, tokenizer_path=self.tok_model, quantize=quantize)
+            return f"{self.exported.name} as an ONNX bundle -> {self.bundle}"
+
+        inputs = [self.exported, self.tok_model]
+        self._step(
+            6, Step("export", "Export to ONNX", inputs, [self.bundle], do_export, {"quantize": quantize})
         )
 
-    # the params name what eval.json measures: an eval.json of an older definition is redone
-    measures = {
-        "metrics": "answer_bpb eos_share loop_rate em f1 rouge_l",
-        "max_length": DEFAULT_MAX_LENGTH,
-        "answers": PIPELINE_ANSWERS,
-    }
-    runner.run_one(
-        Step("evaluate", "Evaluate on held-out pairs", [bundle, eval_data], [eval_json], do_eval, measures),
-        7,
-        total,
-    )
-    metrics = json.loads(eval_json.read_text(encoding="utf-8"))
-    return PipelineResult(
-        out=out, bundle=bundle, checkpoint=exported, tokenizer=tok_model, choices=choices, metrics=metrics
-    )
+    def evaluate(self, eval_data: Path) -> None:
+        """Score the bundle on the held-out pairs with the torch-free runtime."""
+        from gptmed.inference.evaluate import DEFAULT_MAX_LENGTH, evaluate
+        from gptmed.inference.generator import TextGenerator
+
+        def do_eval() -> str:
+            report = evaluate(TextGenerator.from_bundle(self.bundle), eval_data, answers=PIPELINE_ANSWERS)
+            atomic_write_text(self.eval_json, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+            return (
+                f"{report.pairs} pairs: answer BPB {report.answer_bpb:.3f}; answers to {report.answered}: EOS "
+                f"share {report.eos_share:.2f}, loop rate {report.loop_rate:.2f} (greedy, <= {report.max_length} "
+                f"tokens), exact match {report.exact_match:.3f}, token F1 {report.token_f1:.3f}, "
+                f"ROUGE-L {report.rouge_l:.3f}, answer perplexity {report.perplexity:.2f}"
+            )
+
+        # the params name what eval.json measures: an eval.json of an older definition is redone
+        measures = {
+            "metrics": "answer_bpb eos_share loop_rate em f1 rouge_l",
+            "max_length": DEFAULT_MAX_LENGTH,
+            "answers": PIPELINE_ANSWERS,
+        }
+        inputs = [self.bundle, eval_data]
+        step = Step("evaluate", "Evaluate on held-out pairs", inputs, [self.eval_json], do_eval, measures)
+        self._step(7, step)
