@@ -295,6 +295,61 @@ def encode_pairs(
     return enc, questions
 
 
+def _check_settings(
+    max_length: int, train_split: float, stride: int | None, seed: int, num_threads: int | None
+) -> tuple[int, int]:
+    """Validate :func:`tokenize_dataset`'s numbers; returns (stride, threads) with defaults filled in."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}")
+    if (
+        isinstance(train_split, bool)
+        or not isinstance(train_split, (int, float))
+        or not 0.0 < train_split < 1.0
+    ):
+        raise ConfigError(f"train_split must be a fraction between 0 and 1 (exclusive), got {train_split!r}")
+    stride = max_length - 1 if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_length:
+        raise ConfigError(f"stride must be an integer in 1..max_length ({max_length}), got {stride!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    threads = default_num_threads() if num_threads is None else num_threads
+    if threads < 1:
+        raise ConfigError(f"num_threads must be >= 1, got {threads}")
+    return stride, threads
+
+
+def _unanswerable(enc: Any, max_length: int) -> int:
+    """How many pairs' prompts (BOS + rendered question) fill ``max_length`` with no room for one
+    answer token; an error when that is every pair."""
+    # every pair's EOS is marked, so each has a first answer token: found without a loop over pairs
+    answer_at = np.flatnonzero(enc.mask)
+    prompt_lens = answer_at[np.searchsorted(answer_at, enc.start)] - enc.start
+    unanswerable = int((prompt_lens >= max_length).sum())
+    if unanswerable and unanswerable == len(prompt_lens):
+        raise ConfigError(
+            f"max_length {max_length} leaves no room for an answer after any question "
+            f"(the shortest question takes {int(prompt_lens.min())} tokens with the template)",
+            hint=f"use --max-length of at least {int(np.percentile(prompt_lens, 99)) + 64} (the default is 512)",
+        )
+    return unanswerable
+
+
+def _packing_facts(packed: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``extra`` facts about the packed train and val arrays."""
+    train, val = packed["train"], packed["val"]
+    return {
+        "mask": "1 = answer token or the EOS ending an answer (loss target under --loss-on answer)",
+        "packing": "greedy, file order; rows never start mid-pair except sliding windows of pairs > max_length",
+        "train_tokens": train.tokens_used,
+        "val_tokens": val.tokens_used,
+        "train_answer_tokens": int(train.mask.sum(dtype=np.int64)),
+        "val_answer_tokens": int(val.mask.sum(dtype=np.int64)),
+        "long_pairs": train.long_pairs + val.long_pairs,
+        "untrained_window_tokens": train.untrained + val.untrained,
+        "gptmed_tokenizer_version": installed_version("gptmed-tokenizer"),
+    }
+
+
 def tokenize_dataset(
     input: str | os.PathLike[str],
     tokenizer_path: str | os.PathLike[str],
@@ -316,22 +371,7 @@ def tokenize_dataset(
     for bad input and :class:`~gptmed.core.TokenizerError` for a bad tokenizer.
     """
     started = time.perf_counter()
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}")
-    if (
-        isinstance(train_split, bool)
-        or not isinstance(train_split, (int, float))
-        or not 0.0 < train_split < 1.0
-    ):
-        raise ConfigError(f"train_split must be a fraction between 0 and 1 (exclusive), got {train_split!r}")
-    stride = max_length - 1 if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_length:
-        raise ConfigError(f"stride must be an integer in 1..max_length ({max_length}), got {stride!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-    threads = default_num_threads() if num_threads is None else num_threads
-    if threads < 1:
-        raise ConfigError(f"num_threads must be >= 1, got {threads}")
+    stride, threads = _check_settings(max_length, train_split, stride, seed, num_threads)
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(
@@ -347,17 +387,7 @@ def tokenize_dataset(
         enc, questions = encode_pairs(tok, iter_pairs(input), threads, progress)
         input_sha256 = input_hash.result()
     t_enc = time.perf_counter()
-    # prompt tokens of each pair (BOS + rendered question, before its first answer token)
-    # (every pair has one: its EOS is marked), found without a Python loop over the pairs
-    answer_at = np.flatnonzero(enc.mask)
-    prompt_lens = answer_at[np.searchsorted(answer_at, enc.start)] - enc.start
-    unanswerable = int((prompt_lens >= max_length).sum())  # not even one answer token fits after them
-    if unanswerable and unanswerable == len(questions):
-        raise ConfigError(
-            f"max_length {max_length} leaves no room for an answer after any question "
-            f"(the shortest question takes {int(prompt_lens.min())} tokens with the template)",
-            hint=f"use --max-length of at least {int(np.percentile(prompt_lens, 99)) + 64} (the default is 512)",
-        )
+    unanswerable = _unanswerable(enc, max_length)
     train_idx, val_idx = split_pairs(questions, float(train_split), seed)
     packed = {
         name: pack(enc.tokens, enc.mask, enc.start[index], enc.length[index], max_length, stride)
@@ -372,8 +402,11 @@ def tokenize_dataset(
         _save_npy(out_dir / FILES[name], packed[name].tokens)
         _save_npy(out_dir / FILES[f"{name}_mask"], packed[name].mask)
 
-    duplicates = len(questions) - len({question_key(q) for q in questions})
-    longest = int(enc.length.max())
+    stats = {
+        "longest_pair_tokens": int(enc.length.max()),
+        "questions_over_max_length": unanswerable,  # their prompts alone fill max_length
+        "duplicate_question_pairs": len(questions) - len({question_key(q) for q in questions}),
+    }
     manifest = DatasetManifest(
         tokenizer_sha256=tok.sha256,
         vocab_size=tok.vocab_size,
@@ -392,22 +425,7 @@ def tokenize_dataset(
         tokenizer_path=str(Path(tokenizer_path).resolve()),
         input_path=str(Path(input).resolve()),
         files=dict(FILES),
-        extra={
-            "mask": "1 = answer token or the EOS ending an answer (loss target under --loss-on answer)",
-            "packing": "greedy, file order; rows never start mid-pair except sliding windows of pairs > max_length",
-            "train_tokens": packed["train"].tokens_used,
-            "val_tokens": packed["val"].tokens_used,
-            "train_answer_tokens": int(packed["train"].mask.sum(dtype=np.int64)),
-            "val_answer_tokens": int(packed["val"].mask.sum(dtype=np.int64)),
-            "long_pairs": packed["train"].long_pairs + packed["val"].long_pairs,
-            "untrained_window_tokens": packed["train"].untrained + packed["val"].untrained,
-            "longest_pair_tokens": longest,
-            "questions_over_max_length": unanswerable,  # their prompts alone fill max_length
-            "duplicate_question_pairs": duplicates,
-            # which pairs (0-based, in input order) went to val.npy: the model never trains on them
-            "val_pair_indices": [int(i) for i in val_idx],
-            "gptmed_tokenizer_version": installed_version("gptmed-tokenizer"),
-        },
+        extra={**_packing_facts(packed), **stats, "val_pair_indices": [int(i) for i in val_idx]},
     )
     manifest.save(meta_path)
     _log.info(

@@ -220,6 +220,60 @@ def _vocab_text(sp: spm.SentencePieceProcessor) -> str:
     return "".join(lines)
 
 
+def _check_settings(
+    vocab_size: int, model_type: str, character_coverage: float, output_prefix: str | os.PathLike[str]
+) -> Path:
+    """Validate :func:`train_tokenizer`'s settings; returns the output prefix as a Path."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
+        raise ConfigError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"model_type must be one of {list(MODEL_TYPES)}, got {model_type!r}")
+    if not isinstance(character_coverage, (int, float)) or not 0.0 < float(character_coverage) <= 1.0:
+        raise ConfigError(f"character_coverage must be in (0, 1], got {character_coverage!r}")
+    prefix = Path(output_prefix)
+    if prefix.name in ("", ".", "..") or str(output_prefix).endswith(("/", os.sep)):
+        raise ConfigError(
+            f"output_prefix must name a file prefix such as tokenizer/my_tokenizer, got {str(output_prefix)!r}"
+        )
+    return prefix
+
+
+def _training_error(
+    msg: str,
+    input: str | os.PathLike[str],
+    sentences: list[str],
+    args: dict[str, Any],
+    seed: int,
+    pairs: int,
+    nbytes: int,
+) -> TokenizerError:
+    """The error for SentencePiece's ``msg``: a vocabulary size that does not fit the corpus
+    becomes a :class:`VocabSizeError` with the usable range (probed by training), anything else a
+    :class:`~gptmed.core.TokenizerError`."""
+    too_high, too_small = _TOO_HIGH.search(msg), _TOO_SMALL.search(msg)
+    vocab_size = args["vocab_size"]
+    hi: int | None
+    if too_high:
+        lo, hi = _probe_low(sentences, args, seed), int(too_high.group(1))
+        what = f"vocab size {vocab_size} is too large for this corpus ({pairs} pairs, {nbytes:,} bytes)"
+    elif too_small:
+        lo = int(too_small.group(2))
+        hi = _probe_high(sentences, args, seed) if nbytes <= _PROBE_MAX_BYTES else None
+        what = (
+            f"vocab size {vocab_size} is too small: byte fallback, the special ids and the corpus's "
+            f"characters need {lo} pieces"
+        )
+    else:
+        return TokenizerError(f"SentencePiece training failed: {msg}", where=str(input))
+    return VocabSizeError(
+        what,
+        where=str(input),
+        hint=f"use --vocab-size in {_range_text(lo, hi)}" + ("" if hi else " (or add more text)"),
+        low=lo,
+        high=hi,
+    )
+
+
 def train_tokenizer(
     input: str | os.PathLike[str],
     output_prefix: str | os.PathLike[str],
@@ -236,18 +290,7 @@ def train_tokenizer(
     ``vocab_size`` does not fit the corpus; its message and ``low``/``high`` state the usable range. Both files are written atomically; nothing is written on error.
     """
     started = time.perf_counter()
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
-        raise ConfigError(f"vocab_size must be a positive integer, got {vocab_size!r}")
-    if model_type not in MODEL_TYPES:
-        raise ConfigError(f"model_type must be one of {list(MODEL_TYPES)}, got {model_type!r}")
-    if not isinstance(character_coverage, (int, float)) or not 0.0 < float(character_coverage) <= 1.0:
-        raise ConfigError(f"character_coverage must be in (0, 1], got {character_coverage!r}")
-    prefix = Path(output_prefix)
-    if prefix.name in ("", ".", "..") or str(output_prefix).endswith(("/", os.sep)):
-        raise ConfigError(
-            f"output_prefix must name a file prefix such as tokenizer/my_tokenizer, got {str(output_prefix)!r}"
-        )
-
+    prefix = _check_settings(vocab_size, model_type, character_coverage, output_prefix)
     pairs = 0
 
     def counted() -> object:
@@ -272,29 +315,7 @@ def train_tokenizer(
     try:
         model = _run(sentences, args, seed)
     except RuntimeError as exc:
-        msg = str(exc)
-        too_high, too_small = _TOO_HIGH.search(msg), _TOO_SMALL.search(msg)
-        hi: int | None
-        if too_high:
-            lo, hi = _probe_low(sentences, args, seed), int(too_high.group(1))
-            what = f"vocab size {vocab_size} is too large for this corpus ({pairs} pairs, {nbytes:,} bytes)"
-        elif too_small:
-            lo = int(too_small.group(2))
-            hi = _probe_high(sentences, args, seed) if nbytes <= _PROBE_MAX_BYTES else None
-            what = (
-                f"vocab size {vocab_size} is too small: byte fallback, the special ids and the corpus's "
-                f"characters need {lo} pieces"
-            )
-        else:
-            raise TokenizerError(f"SentencePiece training failed: {msg}", where=str(input)) from None
-        raise VocabSizeError(
-            what,
-            where=str(input),
-            hint=f"use --vocab-size in {_range_text(lo, hi)}" + ("" if hi else " (or add more text)"),
-            low=lo,
-            high=hi,
-        ) from None
-
+        raise _training_error(str(exc), input, sentences, args, seed, pairs, nbytes) from None
     sp = spm.SentencePieceProcessor()
     sp.LoadFromSerializedProto(model)
     model_path = prefix.parent / f"{prefix.name}.model"
