@@ -12,7 +12,7 @@ from typing import IO, Any
 import numpy as np
 import pytest
 import torch
-from gptmed.core import CheckpointError, ConfigError, DataError
+from gptmed.core import CheckpointError, ConfigError, DataError, ModelConfig
 from gptmed.model import GPTTransformer
 from gptmed.training import (
     NonFiniteLossError,
@@ -52,7 +52,7 @@ def test_run_writes_epoch_checkpoints_best_and_metrics(dataset: Path, tmp_path: 
     last = load_checkpoint(ckpt / "checkpoint_epoch_3.pt")
     assert (last["step"], last["epoch"], last["position"]) == (18, 3, 0)
     # the manual's inference snippet: build the model from the config, load model_state_dict
-    model = GPTTransformer(tr.ModelConfig.from_dict(last["model_config"]))
+    model = GPTTransformer(ModelConfig.from_dict(last["model_config"]))
     model.load_state_dict(torch.load(ckpt / "best_model.pt", weights_only=True)["model_state_dict"])
 
 

@@ -14,7 +14,8 @@ from gptmed.training.data import Dataset, load_dataset, make_synthetic_dataset
 from gptmed.training.errors import NonFiniteLossError, TrainingError, TrainingInterrupted
 from gptmed.training.launch import train_model
 from gptmed.training.metrics import plot_metrics, read_metrics
-from gptmed.training.trainer import Trainer, build_model_config
+from gptmed.training.parts import build_model_config
+from gptmed.training.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,7 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,223 +223,218 @@ def _resume_command(config: TrainingConfig) -> str:
 _D = TrainingConfig.defaults()
 
 
+# gptmed-train's flags, in --help order; most map one-to-one to a TrainingConfig field
+TRAIN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="JSON or TOML file of settings (flags override it).",
+    ),
+    click.option(
+        "--model-size",
+        type=click.Choice(sorted(PRESETS)),
+        default=None,
+        help=f"Model preset.  [default: {DEFAULT_MODEL_SIZE}; on resume: the checkpoint's]",
+    ),
+    click.option(
+        "--num-epochs",
+        type=click.IntRange(min=1),
+        default=None,
+        help=f"Training epochs.  [default: {DEFAULT_EPOCHS}; with --time-budget: as many as fit]",
+    ),
+    click.option(
+        "--time-budget",
+        metavar="DURATION",
+        default=None,
+        help="Plan the run to this wall-clock time (90s, 10m, 2h): the steps, evaluations and "
+        "checkpoints fit in it, and the LR schedule ends with it.",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=_D["batch_size"],
+        show_default=True,
+        help="Sequences per micro-batch (all processes together).",
+    ),
+    click.option(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="Peak learning rate.  [default: chosen from the model width and batch size]",
+    ),
+    click.option(
+        "--train-data",
+        "train_data_path",
+        default=_D["train_data_path"],
+        show_default=True,
+        help="Tokenized train.npy (metadata.json must be beside it).",
+    ),
+    click.option(
+        "--val-data",
+        "val_data_path",
+        default=_D["val_data_path"],
+        show_default=True,
+        help="Tokenized val.npy.",
+    ),
+    click.option(
+        "--checkpoint-dir",
+        default=_D["checkpoint_dir"],
+        show_default=True,
+        help="Where checkpoints and metrics.jsonl go.",
+    ),
+    click.option(
+        "--device",
+        default=_D["device"],
+        show_default=True,
+        help="auto (CUDA when present), cpu, cuda, cuda:N, mps.",
+    ),
+    click.option(
+        "--seed",
+        type=int,
+        default=_D["seed"],
+        show_default=True,
+        help="Random seed (init, dropout, data order).",
+    ),
+    click.option(
+        "--quick-test",
+        is_flag=True,
+        help="Tiny model, 12 steps: checks the pipeline in < 1 minute (synthetic data if none).",
+    ),
+    click.option(
+        "--resume", is_flag=True, help="Continue from the newest valid checkpoint in --checkpoint-dir."
+    ),
+    click.option(
+        "--resume-from",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Continue from this checkpoint file.",
+    ),
+    click.option(
+        "--warmup-steps",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Linear LR warmup steps.  [default: 3% of the steps, at most 100]",
+    ),
+    click.option(
+        "--grad-clip",
+        type=click.FloatRange(min=0),
+        default=_D["grad_clip"],
+        show_default=True,
+        help="Clip the gradient norm (0 = off).",
+    ),
+    click.option(
+        "--weight-decay",
+        type=click.FloatRange(min=0),
+        default=_D["weight_decay"],
+        show_default=True,
+        help="AdamW weight decay (matrices only).",
+    ),
+    click.option(
+        "--eval-every",
+        type=click.IntRange(min=0),
+        default=_D["eval_every"],
+        show_default=True,
+        help="Also evaluate every N steps (0 = each epoch only).",
+    ),
+    click.option(
+        "--save-every",
+        type=click.IntRange(min=0),
+        default=_D["save_every"],
+        show_default=True,
+        help="Also save checkpoint_step_N.pt every N steps (0 = each epoch only).",
+    ),
+    click.option(
+        "--keep-last",
+        type=click.IntRange(min=0),
+        default=_D["keep_last"],
+        show_default=True,
+        help="Keep the newest K epoch checkpoints (0 = all) and K step checkpoints (2 when 0).",
+    ),
+    click.option(
+        "--grad-accum",
+        type=click.IntRange(min=1),
+        default=_D["grad_accum"],
+        show_default=True,
+        help="Micro-batches per optimizer step.",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default=_D["precision"],
+        show_default=True,
+        help="auto = bf16 on a CUDA GPU that supports it, else fp32.",
+    ),
+    click.option(
+        "--compile/--no-compile",
+        "compile_model",
+        default=False,
+        show_default=True,
+        help="torch.compile the model.",
+    ),
+    click.option(
+        "--padding-free/--no-padding-free",
+        default=None,
+        help="Drop the padding on the host and train each batch as one flat row of packed pairs.  "
+        "[default: on CUDA]",
+    ),
+    click.option(
+        "--early-stopping-patience",
+        type=click.IntRange(min=0),
+        default=_D["early_stopping_patience"],
+        show_default=True,
+        help="Stop after N evaluations without a better val loss (0 = never).",
+    ),
+    click.option(
+        "--loss-on",
+        type=click.Choice(LOSS_ON),
+        default=_D["loss_on"],
+        show_default=True,
+        help="answer: answer tokens + EOS only; all: every non-pad token.",
+    ),
+    click.option(
+        "--max-steps",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Stop after this many optimizer steps.",
+    ),
+    click.option(
+        "--log-every",
+        type=click.IntRange(min=1),
+        default=_D["log_every"],
+        show_default=True,
+        help="metrics.jsonl row every N steps.",
+    ),
+    click.option(
+        "--max-eval-batches",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Evaluate on at most N val batches.",
+    ),
+    click.option("--d-model", type=click.IntRange(min=1), default=None, help="Override the preset's width."),
+    click.option("--n-layers", type=click.IntRange(min=1), default=None, help="Override the preset's depth."),
+    click.option("--n-heads", type=click.IntRange(min=1), default=None, help="Override the preset's heads."),
+    click.option("--d-ff", type=click.IntRange(min=1), default=None, help="Override the preset's MLP width."),
+    click.option(
+        "--dropout",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=None,
+        help="Dropout on embeddings, attention and MLP outputs.  [default: 0]",
+    ),
+    click.option(
+        "--tensorboard",
+        is_flag=True,
+        help="Also log to TensorBoard (pip install 'gptmed-train[tensorboard]').",
+    ),
+    click.option(
+        "--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal)."
+    ),
+    click.option("--debug", is_flag=True, help="Show tracebacks."),
+]
+
+
 def _train_options(f: Any) -> Any:
-    opts = [
-        click.option(
-            "--config",
-            "config_file",
-            type=click.Path(dir_okay=False),
-            help="JSON or TOML file of settings (flags override it).",
-        ),
-        click.option(
-            "--model-size",
-            type=click.Choice(sorted(PRESETS)),
-            default=None,
-            help=f"Model preset.  [default: {DEFAULT_MODEL_SIZE}; on resume: the checkpoint's]",
-        ),
-        click.option(
-            "--num-epochs",
-            type=click.IntRange(min=1),
-            default=None,
-            help=f"Training epochs.  [default: {DEFAULT_EPOCHS}; with --time-budget: as many as fit]",
-        ),
-        click.option(
-            "--time-budget",
-            metavar="DURATION",
-            default=None,
-            help="Plan the run to this wall-clock time (90s, 10m, 2h): the steps, evaluations and "
-            "checkpoints fit in it, and the LR schedule ends with it.",
-        ),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(min=1),
-            default=_D["batch_size"],
-            show_default=True,
-            help="Sequences per micro-batch (all processes together).",
-        ),
-        click.option(
-            "--learning-rate",
-            type=float,
-            default=None,
-            help="Peak learning rate.  [default: chosen from the model width and batch size]",
-        ),
-        click.option(
-            "--train-data",
-            "train_data_path",
-            default=_D["train_data_path"],
-            show_default=True,
-            help="Tokenized train.npy (metadata.json must be beside it).",
-        ),
-        click.option(
-            "--val-data",
-            "val_data_path",
-            default=_D["val_data_path"],
-            show_default=True,
-            help="Tokenized val.npy.",
-        ),
-        click.option(
-            "--checkpoint-dir",
-            default=_D["checkpoint_dir"],
-            show_default=True,
-            help="Where checkpoints and metrics.jsonl go.",
-        ),
-        click.option(
-            "--device",
-            default=_D["device"],
-            show_default=True,
-            help="auto (CUDA when present), cpu, cuda, cuda:N, mps.",
-        ),
-        click.option(
-            "--seed",
-            type=int,
-            default=_D["seed"],
-            show_default=True,
-            help="Random seed (init, dropout, data order).",
-        ),
-        click.option(
-            "--quick-test",
-            is_flag=True,
-            help="Tiny model, 12 steps: checks the pipeline in < 1 minute (synthetic data if none).",
-        ),
-        click.option(
-            "--resume", is_flag=True, help="Continue from the newest valid checkpoint in --checkpoint-dir."
-        ),
-        click.option(
-            "--resume-from",
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="Continue from this checkpoint file.",
-        ),
-        click.option(
-            "--warmup-steps",
-            type=click.IntRange(min=0),
-            default=None,
-            help="Linear LR warmup steps.  [default: 3% of the steps, at most 100]",
-        ),
-        click.option(
-            "--grad-clip",
-            type=click.FloatRange(min=0),
-            default=_D["grad_clip"],
-            show_default=True,
-            help="Clip the gradient norm (0 = off).",
-        ),
-        click.option(
-            "--weight-decay",
-            type=click.FloatRange(min=0),
-            default=_D["weight_decay"],
-            show_default=True,
-            help="AdamW weight decay (matrices only).",
-        ),
-        click.option(
-            "--eval-every",
-            type=click.IntRange(min=0),
-            default=_D["eval_every"],
-            show_default=True,
-            help="Also evaluate every N steps (0 = each epoch only).",
-        ),
-        click.option(
-            "--save-every",
-            type=click.IntRange(min=0),
-            default=_D["save_every"],
-            show_default=True,
-            help="Also save checkpoint_step_N.pt every N steps (0 = each epoch only).",
-        ),
-        click.option(
-            "--keep-last",
-            type=click.IntRange(min=0),
-            default=_D["keep_last"],
-            show_default=True,
-            help="Keep the newest K epoch checkpoints (0 = all) and K step checkpoints (2 when 0).",
-        ),
-        click.option(
-            "--grad-accum",
-            type=click.IntRange(min=1),
-            default=_D["grad_accum"],
-            show_default=True,
-            help="Micro-batches per optimizer step.",
-        ),
-        click.option(
-            "--precision",
-            type=click.Choice(PRECISIONS),
-            default=_D["precision"],
-            show_default=True,
-            help="auto = bf16 on a CUDA GPU that supports it, else fp32.",
-        ),
-        click.option(
-            "--compile/--no-compile",
-            "compile_model",
-            default=False,
-            show_default=True,
-            help="torch.compile the model.",
-        ),
-        click.option(
-            "--padding-free/--no-padding-free",
-            default=None,
-            help="Drop the padding on the host and train each batch as one flat row of packed pairs.  "
-            "[default: on CUDA]",
-        ),
-        click.option(
-            "--early-stopping-patience",
-            type=click.IntRange(min=0),
-            default=_D["early_stopping_patience"],
-            show_default=True,
-            help="Stop after N evaluations without a better val loss (0 = never).",
-        ),
-        click.option(
-            "--loss-on",
-            type=click.Choice(LOSS_ON),
-            default=_D["loss_on"],
-            show_default=True,
-            help="answer: answer tokens + EOS only; all: every non-pad token.",
-        ),
-        click.option(
-            "--max-steps",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Stop after this many optimizer steps.",
-        ),
-        click.option(
-            "--log-every",
-            type=click.IntRange(min=1),
-            default=_D["log_every"],
-            show_default=True,
-            help="metrics.jsonl row every N steps.",
-        ),
-        click.option(
-            "--max-eval-batches",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Evaluate on at most N val batches.",
-        ),
-        click.option(
-            "--d-model", type=click.IntRange(min=1), default=None, help="Override the preset's width."
-        ),
-        click.option(
-            "--n-layers", type=click.IntRange(min=1), default=None, help="Override the preset's depth."
-        ),
-        click.option(
-            "--n-heads", type=click.IntRange(min=1), default=None, help="Override the preset's heads."
-        ),
-        click.option(
-            "--d-ff", type=click.IntRange(min=1), default=None, help="Override the preset's MLP width."
-        ),
-        click.option(
-            "--dropout",
-            type=click.FloatRange(0, 1, max_open=True),
-            default=None,
-            help="Dropout on embeddings, attention and MLP outputs.  [default: 0]",
-        ),
-        click.option(
-            "--tensorboard",
-            is_flag=True,
-            help="Also log to TensorBoard (pip install 'gptmed-train[tensorboard]').",
-        ),
-        click.option(
-            "--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal)."
-        ),
-        click.option("--debug", is_flag=True, help="Show tracebacks."),
-    ]
-    for opt in reversed(opts):
+    for opt in reversed(TRAIN_OPTIONS):
         f = opt(f)
     return f
 

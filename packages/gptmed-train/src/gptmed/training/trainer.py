@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from gptmed.core import ConfigError, DataError, ModelConfig, get_config
-from gptmed.model import GPTTransformer
-from gptmed.training.batches import Batch, BatchLoader, epoch_order
-from gptmed.training.budget import BudgetPlan, Cadence, TimeBudget
+from gptmed.core import ConfigError, DataError
+from gptmed.training.batches import Batch, epoch_order
+from gptmed.training.budget import BudgetPlan, Cadence
 from gptmed.training.callbacks import RunInfo, TrainCallbacks, TrainResult
 from gptmed.training.checkpoint import (
     RunState,
@@ -48,48 +47,21 @@ from gptmed.training.checkpoint import (
     save_checkpoint,
 )
 from gptmed.training.config import TrainingConfig
-from gptmed.training.data import Dataset, load_dataset
+from gptmed.training.data import load_dataset
 from gptmed.training.devices import autocast_dtype, resolve_precision
 from gptmed.training.distributed import DistInfo, all_reduce_sum
 from gptmed.training.errors import NonFiniteLossError, TrainingInterrupted
 from gptmed.training.evaluation import forward_loss, validation_loss
 from gptmed.training.metrics import MetricsWriter
+from gptmed.training.parts import build_model_config, build_parts, make_loaders, make_time_budget
 from gptmed.training.progress import Progress
 from gptmed.training.recipe import choose_warmup, fill_in
-from gptmed.training.schedule import WarmupCosine
 from gptmed.training.signals import StopSignals
 from gptmed.training.stats import DeferredStats, StepRecord
-from torch import nn
 
-__all__ = ["Trainer", "build_model_config"]
+__all__ = ["Trainer"]
 
 log = logging.getLogger(__name__)
-
-
-def build_model_config(config: TrainingConfig, dataset: Dataset) -> ModelConfig:
-    """The preset's shape with the dataset's vocab size and max length (+ the config's overrides)."""
-    base = get_config(
-        config.resolved_model_size, vocab_size=dataset.vocab_size, max_seq_len=dataset.max_length
-    )
-    changes = {
-        name: getattr(config, name)
-        for name in ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "use_rope")
-        if getattr(config, name) is not None
-    }
-    return base.replace(**changes) if changes else base
-
-
-def _make_optimizer(
-    model: GPTTransformer, config: TrainingConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    """AdamW over the model's decay groups; the fused kernel where this torch has it (CPU and CUDA):
-    it can skip a non-finite step on the device (``found_inf``) without asking the host."""
-    assert config.learning_rate is not None
-    kwargs: dict[str, Any] = {"lr": config.learning_rate, "betas": (config.beta1, config.beta2)}
-    if device.type in ("cuda", "cpu"):
-        with contextlib.suppress(RuntimeError, TypeError, ValueError):  # older torch: no fused AdamW
-            return torch.optim.AdamW(model.param_groups(config.weight_decay), fused=True, **kwargs)
-    return torch.optim.AdamW(model.param_groups(config.weight_decay), **kwargs)
 
 
 class Trainer:
@@ -138,73 +110,16 @@ class Trainer:
         self.stats = DeferredStats(device, lag=1 if device.type == "cuda" else 0)
         self.progress = Progress()
         # the time budget (None without one) and its current plan
-        self.budget = self._make_budget()
+        self.budget = make_time_budget(self.config, self.model_config, self.dataset)
         self.plan: BudgetPlan | None = None
         self.next_replan = 0.0  # budget seconds spent at which it re-plans
-        self._build_model()
-        self._build_loaders()
-
-    # -- set up ------------------------------------------------------------------------------------
-    def _make_budget(self) -> TimeBudget | None:
-        if self.config.time_budget is None:
-            return None
-        params = self.model_config.num_parameters()
-        save_guess = 0.2 + params * 4 * 3 / 200e6  # model + AdamW moments at ~200 MB/s
-        val_rows = len(self.dataset.val) if self.dataset.val is not None else 0
-        eval_batches = math.ceil(val_rows / self.config.batch_size)
-        if self.config.max_eval_batches:
-            eval_batches = min(eval_batches, self.config.max_eval_batches)
-        eval_in_steps = eval_batches / self.config.grad_accum / 3  # forward only: ~1/3 of a step
-        return TimeBudget(self.config.time_budget, eval_in_steps=eval_in_steps, save_guess_s=save_guess)
-
-    def _build_model(self) -> None:
-        config, device, info = self.config, self.device, self.info
-        torch.manual_seed(config.seed)
-        self.raw_model = GPTTransformer(self.model_config).to(device)
-        if info.rank:
-            torch.manual_seed(config.seed + 7919 * info.rank)  # distinct dropout per rank
-        self.optimizer = _make_optimizer(self.raw_model, config, device)
-        assert config.learning_rate is not None and config.warmup_steps is not None
-        epochs = config.epoch_limit
-        self.scheduler = WarmupCosine(
-            self.optimizer,
-            lr=config.learning_rate,
-            warmup_steps=config.warmup_steps,
-            # the epochs' steps (--max-steps only stops the run early: a resume that raises it
-            # continues the same schedule); a time budget re-plans it after its first steps
-            total_steps=self.steps_per_epoch * epochs if epochs is not None else 10**9,
-            min_lr_ratio=config.min_lr_ratio,
+        parts = build_parts(
+            self.config, self.model_config, self.steps_per_epoch, device, info, self.precision
         )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=(self.precision == "fp16"))
+        self.raw_model, self.model, self.eval_model = parts.raw_model, parts.model, parts.eval_model
+        self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
         self.dtype = autocast_dtype(self.precision)
-        model: nn.Module = self.raw_model
-        if config.compile:
-            model = torch.compile(model)  # type: ignore[assignment]
-        self.eval_model = model
-        if info.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            model = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        self.model = model
-
-    def _build_loaders(self) -> None:
-        ids = self.dataset.manifest.special_ids
-        on_cuda = self.device.type == "cuda"
-        flat = self.config.padding_free if self.config.padding_free is not None else on_cuda
-        self.layout = "flat" if flat else "rows"
-        common = dict(
-            loss_on=self.config.loss_on,
-            bos_id=ids.bos,
-            pad_id=ids.pad,
-            layout=self.layout,
-            # padding as its own segment lets the eager CPU model drop it (its per-run path)
-            mark_padding=self.device.type == "cpu" and not self.config.compile,
-            pin=on_cuda,
-        )
-        self.train_loader = BatchLoader(self.dataset.train, **common)  # type: ignore[arg-type]
-        self.val_loader = BatchLoader(self.dataset.val, **common) if self.dataset.val is not None else None  # type: ignore[arg-type]
+        self.layout, self.train_loader, self.val_loader = make_loaders(self.config, self.dataset, device)
 
     @property
     def total_steps(self) -> int | None:
