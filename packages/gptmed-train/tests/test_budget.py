@@ -79,7 +79,9 @@ def test_a_20s_budget_ends_in_time_on_the_floor_of_its_schedule(tmp_path: Path) 
     last = _last_train_row(ckpt)
     saved = load_checkpoint(ckpt / f"checkpoint_step_{result.steps}.pt")
     peak = saved["training_config"]["learning_rate"]
-    assert last["step"] == result.steps and last["lr"] == pytest.approx(peak * 0.1)  # the cosine's floor
+    # the cosine's floor, or within 1% of it when the clock ran out a step or two before the plan's
+    # end ("stops at once"): 2% of the schedule left would leave the LR ~2% above its floor
+    assert last["step"] == result.steps and last["lr"] == pytest.approx(peak * 0.1, rel=0.01)
     assert saved["training_config"]["time_budget"] == 20.0
     assert 19.0 <= saved["trainer_state"]["budget_spent_s"] <= 21.0
     assert (ckpt / "best_model.pt").is_file() and result.best_val_loss is not None
