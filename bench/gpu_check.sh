@@ -2,6 +2,7 @@
 # gptmed GPU check: the gpu-marked tests and the GPU benchmarks, in < 5 minutes (one short GPU loan).
 #
 #   bash bench/gpu_check.sh            # results in $OUT (or ./gpu_check_results), logs on stdout
+#   bash bench/gpu_check.sh quality    # only bench/quality.py's GPU mode (issue 19), < 5 minutes
 #
 # On a CUDA machine, in this order (later steps run only while the 285 s budget allows):
 #   1. pytest -m gpu of gptmed-model: the Triton kernel vs math in bf16/fp16/fp32 (causal, key padding,
@@ -53,6 +54,19 @@ try:
 except Exception as e:
     print("triton missing:", e)
 PY
+all_src=""
+for pkg in packages/*/src; do all_src="$PWD/$pkg:$all_src"; done
+if [ "${1:-}" = "quality" ]; then
+  # quality per minute on the GPU: gptmed pipeline (default flags, --time-budget 60s) vs the plain HF
+  # loop for 60 s, scored on a seeded held-out split (data, tokenizer, export and scoring ~2.5 min);
+  # needs onnxruntime, sentencepiece and transformers beside torch
+  mode=(--smoke)  # without CUDA: the embedded sample, 15 s a side (proves the script works)
+  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && mode=(--device cuda --budget 60)
+  step quality 290 env PYTHONPATH="$all_src$PYTHONPATH" "$PY" bench/quality.py "${mode[@]}" \
+       --threads "$(nproc)" --out "$RES/quality.md"
+  echo "results in $RES ($SECONDS s)"
+  exit $status
+fi
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   # the tests compile ~60 kernel variants (and the segment kernels time 3 tile candidates once per
   # shape): in parallel where pytest-xdist is installed

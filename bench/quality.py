@@ -23,7 +23,8 @@ training pairs, and are scored on the same held-out pairs:
     python bench/quality.py --device cuda --budget 60  # GPU
     python bench/quality.py --smoke                  # the embedded sample, 15 s budgets (CI smoke)
 
-Skips (exit 0) when the MedQuAD file is absent (not with --smoke).
+Skips (exit 0) when MedQuAD's train.qa.txt.gz is absent from ../shared/datasets/medquad/ and from
+shared/datasets/medquad/ inside the checkout (not with --smoke).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MEDQUAD = ROOT / ".." / "shared" / "datasets" / "medquad" / "train.qa.txt.gz"
+MEDQUAD_NAME = Path("datasets") / "medquad" / "train.qa.txt.gz"
+# ../shared beside the checkout; shared/ inside it is what travels to a GPU machine
+MEDQUAD_PLACES = (ROOT / ".." / "shared" / MEDQUAD_NAME, ROOT / "shared" / MEDQUAD_NAME)
 QUESTIONS = 50  # held-out questions answered for the EOS share and the loop rate
 REFERENCE_FITS = 256  # ... whose reference answer fits in this many tokens
 NEW_TOKENS = 448  # room for new tokens when answering
@@ -248,10 +251,11 @@ def _source(args: argparse.Namespace, work: Path) -> Path | None:
         from gptmed.data import sample_path
 
         return Path(sample_path())
-    if not MEDQUAD.is_file():
+    found = [p for p in MEDQUAD_PLACES if p.is_file()]
+    if not found:
         return None
     raw = work / "medquad.txt"
-    with gzip.open(MEDQUAD, "rb") as src, open(raw, "wb") as dst:
+    with gzip.open(found[0], "rb") as src, open(raw, "wb") as dst:
         shutil.copyfileobj(src, dst)
     return raw
 
@@ -308,7 +312,7 @@ def main() -> None:
     args.work = str(work)
     source = _source(args, work)
     if source is None:
-        print(f"skipped: {MEDQUAD} not found")
+        print(f"skipped: MedQuAD not found (../shared/{MEDQUAD_NAME}, shared/{MEDQUAD_NAME})")
         return
     ours = run_gptmed(source, work, args)
     print(
