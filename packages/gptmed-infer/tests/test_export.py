@@ -205,7 +205,9 @@ def test_backend_threads_option(artifacts) -> None:  # type: ignore[no-untyped-d
 def test_onnxruntime_genai_same_greedy_tokens_from_same_ids(artifacts, onnx_gen) -> None:  # type: ignore[no-untyped-def]
     og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is a dev-only test dependency")
     ids = onnx_gen.encode_prompt("What is fever?")
-    ours = onnx_gen.generate_ids([ids], temperature=0.0, frequency_penalty=0.0, max_length=20)[0]  # genai has no such penalty
+    ours = onnx_gen.generate_ids([ids], temperature=0.0, frequency_penalty=0.0, max_length=20)[
+        0
+    ]  # genai has no such penalty
     model = og.Model(str(artifacts.bundle))
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(ids) + 20)
