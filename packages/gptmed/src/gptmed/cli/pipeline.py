@@ -235,7 +235,6 @@ class _PipelineRun:
         self.eval_json = out / "eval.json"
         self.runner = StepRunner(out, echo=echo, force=options.force)
         self.choices: list[Choice] = []
-        self.vocab_size = self.max_length = 0
 
     def _announce(self, choice: Choice, given: int | str | None) -> Any:
         """Print a setting: the user's value as given, else the chosen one with its reason."""
@@ -297,7 +296,7 @@ class _PipelineRun:
         from gptmed.tokenizer import VocabSizeError, train_tokenizer
 
         o = self.options
-        vocab = self.vocab_size = self._announce(choose_vocab_size(self.train_txt), o.vocab_size)
+        vocab = self._announce(choose_vocab_size(self.train_txt), o.vocab_size)
         prefix = self.tok_model.with_suffix("")
 
         def do_tokenizer() -> str:
@@ -334,10 +333,9 @@ class _PipelineRun:
         o = self.options
         if o.max_length is None:
             memo = self.runner.memo("max_length", [self.train_txt, self.tok_model], self._length_choice)
-            self.max_length = self._announce(Choice(**memo), None)
+            max_length = self._announce(Choice(**memo), None)
         else:
-            self.max_length = self._announce(Choice("--max-length", o.max_length, ""), o.max_length)
-        max_length = self.max_length
+            max_length = self._announce(Choice("--max-length", o.max_length, ""), o.max_length)
 
         def do_tokenize() -> str:
             manifest = tokenize_dataset(
