@@ -188,3 +188,31 @@ def test_frequency_and_presence_penalties_count_the_answer() -> None:
     assert _greedy_run(_config(temperature=0.0, presence_penalty=0.6), x, 4) == [0, 1, 0, 0]
     # neither looks at the prompt
     assert _greedy_run(_config(temperature=0.0, presence_penalty=0.6), x, 1, [[0]]) == [0]
+
+
+def _nucleus_by_full_sort(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Top-p the plain way: stable sort of the whole row (ties by id), drop what comes after the
+    smallest set reaching ``top_p``, renormalise."""
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    sorted_p = np.take_along_axis(probs, order, axis=-1)
+    drop_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p >= top_p
+    drop = np.zeros_like(drop_sorted)
+    np.put_along_axis(drop, order, drop_sorted, axis=-1)
+    kept = np.where(drop, 0.0, probs)
+    return kept / kept.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 7])
+def test_nucleus_sorting_only_candidates_equals_sorting_the_row(top_k: int) -> None:
+    rng = np.random.default_rng(top_k)
+    for top_p in (1e-9, 0.3, 0.9, 0.999999):
+        scores = rng.normal(size=(4, 300))
+        scores[:, 10] = scores[:, 20]  # a tie, broken by id either way
+        if top_k:
+            kth = np.sort(scores, axis=-1)[:, -top_k:][:, :1]
+            scores = np.where(scores < kth, -np.inf, scores)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        expected = _nucleus_by_full_sort(probs, top_p)
+        Sampler(_config(top_p=top_p), 4, 300)._nucleus(probs)
+        assert np.array_equal(probs, expected)

@@ -64,6 +64,7 @@ class Sampler:
                 if len(ids):
                     self._seen[row, np.asarray(ids, dtype=np.int64)] = True
         self._counts: np.ndarray | None = None  # (B, V) uses of each token in the answer so far
+        self._used: list[int] = []  # flat (row * vocab + id) of every count above 0: the penalised
         if config.frequency_penalty or config.presence_penalty:
             self._counts = np.zeros((batch, vocab), dtype=np.int32)
         self._ngram = int(config.no_repeat_ngram_size)
@@ -93,10 +94,10 @@ class Sampler:
                 penalised = np.where(scores > 0, scores / self._penalty, scores * self._penalty)
                 scores = np.where(self._seen, penalised, scores)
             if self._counts is not None:
-                scores = scores - cfg.frequency_penalty * self._counts
-                scores = scores - cfg.presence_penalty * (self._counts > 0)
-            big = np.finfo(np.float64).max
-            scores = np.clip(scores, -big, big)
+                self._penalise_used(scores)
+            if self._seen is not None or cfg.temperature != 0:  # greedy's argmax needs no clip
+                big = np.finfo(np.float64).max
+                scores = np.clip(scores, -big, big)
             if self._ngram:
                 self._ban_repeats(scores)
             if cfg.temperature == 0:
@@ -105,6 +106,20 @@ class Sampler:
                 tokens = self._sample(scores)
         self._record(tokens)
         return np.asarray(tokens, dtype=np.int64)
+
+    def _penalise_used(self, scores: np.ndarray) -> None:
+        """The frequency and presence penalties, in place on ``scores`` (B, V) float64: only the
+        tokens the answers used so far change (a few hundred of B x V), so the cost does not grow
+        with the vocabulary."""
+        if not self._used:
+            return
+        assert self._counts is not None
+        used = np.asarray(self._used, dtype=np.int64)
+        flat = scores.reshape(-1)  # a view: scores is a fresh C-contiguous array
+        if self.config.frequency_penalty:
+            flat[used] -= self.config.frequency_penalty * self._counts.reshape(-1)[used]
+        if self.config.presence_penalty:
+            flat[used] -= self.config.presence_penalty
 
     def _ban_repeats(self, scores: np.ndarray) -> None:
         """``scores`` (B, V): -inf, in place, on each token that would repeat an n-gram of its row's
@@ -122,6 +137,8 @@ class Sampler:
         if self._seen is not None:
             self._seen[rows, tokens] = True
         if self._counts is not None:
+            first = self._counts[rows, tokens] == 0
+            self._used += (rows[first] * self.vocab + tokens[first]).tolist()
             self._counts[rows, tokens] += 1
         if self._ngram:
             n = self._ngram
@@ -130,6 +147,21 @@ class Sampler:
                 answer.append(token)
                 if len(answer) >= n:
                     self._followers[row].setdefault(tuple(answer[len(answer) - n : -1]), set()).add(token)
+
+    def _nucleus(self, probs: np.ndarray) -> None:
+        """Top-p, in place on ``probs`` (B, V): each row keeps the smallest set of its most likely
+        tokens whose mass reaches ``top_p`` (at least one), renormalised. Only the tokens with a
+        probability above 0 are sorted (after top-k, k of them, not the vocabulary): the order,
+        ties by id, and the sums are those of sorting the whole row."""
+        top_p = float(self.config.top_p)
+        for row in probs:
+            candidates = np.flatnonzero(row)  # in id order
+            p = row[candidates]
+            order = np.argsort(-p, kind="stable")
+            sorted_p = p[order]
+            before = np.cumsum(sorted_p) - sorted_p  # mass of strictly better tokens
+            row[candidates[order[before >= top_p]]] = 0.0
+        probs /= probs.sum(axis=-1, keepdims=True)
 
     def _sample(self, scores: np.ndarray) -> np.ndarray:
         """``scores`` (B, V) finite float64 before temperature -> sampled (B,) ids."""
@@ -145,14 +177,7 @@ class Sampler:
         probs = np.exp(scores)
         probs /= probs.sum(axis=-1, keepdims=True)  # (B, V)
         if cfg.top_p < 1.0:
-            order = np.argsort(-probs, axis=-1, kind="stable")  # (B, V)
-            sorted_p = np.take_along_axis(probs, order, axis=-1)
-            before = np.cumsum(sorted_p, axis=-1) - sorted_p  # mass of strictly better tokens
-            drop_sorted = before >= float(cfg.top_p)  # keeps the smallest set reaching top_p (>= 1 token)
-            drop = np.zeros_like(drop_sorted)
-            np.put_along_axis(drop, order, drop_sorted, axis=-1)
-            probs = np.where(drop, 0.0, probs)
-            probs /= probs.sum(axis=-1, keepdims=True)
+            self._nucleus(probs)
         cdf = np.cumsum(probs, axis=-1)  # (B, V)
         u = np.array([[rng.random()] for rng in self.rngs]) * cdf[:, -1:]  # (B, 1)
         tokens = (cdf <= u).sum(axis=-1)
