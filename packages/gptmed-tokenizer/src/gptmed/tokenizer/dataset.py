@@ -334,6 +334,25 @@ def _unanswerable(enc: Any, max_length: int) -> int:
     return unanswerable
 
 
+def _write_arrays(out_dir: Path, packed: dict[str, Any]) -> None:
+    """The train / val token and mask arrays into ``out_dir``; the old manifest goes first (a stale
+    manifest must never describe new arrays: it is written last, by the caller)."""
+    make_folder(out_dir, "output folder")
+    (out_dir / METADATA).unlink(missing_ok=True)
+    for name in ("train", "val"):
+        _save_npy(out_dir / FILES[name], packed[name].tokens)
+        _save_npy(out_dir / FILES[f"{name}_mask"], packed[name].mask)
+
+
+def _pair_facts(enc: Any, questions: list[str], unanswerable: int) -> dict[str, Any]:
+    """The manifest's ``extra`` facts about the input pairs."""
+    return {
+        "longest_pair_tokens": int(enc.length.max()),
+        "questions_over_max_length": unanswerable,  # their prompts alone fill max_length
+        "duplicate_question_pairs": len(questions) - len({question_key(q) for q in questions}),
+    }
+
+
 def _packing_facts(packed: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``extra`` facts about the packed train and val arrays."""
     train, val = packed["train"], packed["val"]
@@ -395,18 +414,7 @@ def tokenize_dataset(
     }
     t_pack = time.perf_counter()
 
-    make_folder(out_dir, "output folder")
-    meta_path = out_dir / METADATA
-    meta_path.unlink(missing_ok=True)  # a stale manifest must never describe new arrays
-    for name in ("train", "val"):
-        _save_npy(out_dir / FILES[name], packed[name].tokens)
-        _save_npy(out_dir / FILES[f"{name}_mask"], packed[name].mask)
-
-    stats = {
-        "longest_pair_tokens": int(enc.length.max()),
-        "questions_over_max_length": unanswerable,  # their prompts alone fill max_length
-        "duplicate_question_pairs": len(questions) - len({question_key(q) for q in questions}),
-    }
+    _write_arrays(out_dir, packed)
     manifest = DatasetManifest(
         tokenizer_sha256=tok.sha256,
         vocab_size=tok.vocab_size,
@@ -425,9 +433,13 @@ def tokenize_dataset(
         tokenizer_path=str(Path(tokenizer_path).resolve()),
         input_path=str(Path(input).resolve()),
         files=dict(FILES),
-        extra={**_packing_facts(packed), **stats, "val_pair_indices": [int(i) for i in val_idx]},
+        extra={
+            **_packing_facts(packed),
+            **_pair_facts(enc, questions, unanswerable),
+            "val_pair_indices": val_idx.tolist(),
+        },
     )
-    manifest.save(meta_path)
+    manifest.save(out_dir / METADATA)
     _log.info(
         "tokenized %d pairs: read + encode %.2fs, split + pack %.2fs, total %.2fs",
         len(questions),
