@@ -295,7 +295,7 @@ def encode_pairs(
     return enc, questions
 
 
-def _check_settings(
+def _check_tokenize_settings(
     max_length: int, train_split: float, stride: int | None, seed: int, num_threads: int | None
 ) -> tuple[int, int]:
     """Validate :func:`tokenize_dataset`'s numbers; returns (stride, threads) with defaults filled in."""
@@ -390,7 +390,7 @@ def tokenize_dataset(
     for bad input and :class:`~gptmed.core.TokenizerError` for a bad tokenizer.
     """
     started = time.perf_counter()
-    stride, threads = _check_settings(max_length, train_split, stride, seed, num_threads)
+    stride, threads = _check_tokenize_settings(max_length, train_split, stride, seed, num_threads)
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(

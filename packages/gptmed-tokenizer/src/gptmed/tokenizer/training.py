@@ -220,7 +220,7 @@ def _vocab_text(sp: spm.SentencePieceProcessor) -> str:
     return "".join(lines)
 
 
-def _check_settings(
+def _check_train_settings(
     vocab_size: int, model_type: str, character_coverage: float, output_prefix: str | os.PathLike[str]
 ) -> Path:
     """Validate :func:`train_tokenizer`'s settings; returns the output prefix as a Path."""
@@ -290,7 +290,7 @@ def train_tokenizer(
     ``vocab_size`` does not fit the corpus; its message and ``low``/``high`` state the usable range. Both files are written atomically; nothing is written on error.
     """
     started = time.perf_counter()
-    prefix = _check_settings(vocab_size, model_type, character_coverage, output_prefix)
+    prefix = _check_train_settings(vocab_size, model_type, character_coverage, output_prefix)
     pairs = 0
 
     def counted() -> object:
