@@ -50,6 +50,7 @@ def train_model(
     cb = callbacks or TrainCallbacks()
     info = dist_info()
     lock: FolderLock | None = None
+    trainer: Trainer | None = None
     try:
         synthetic = False
         if config.quick_test:
@@ -68,6 +69,11 @@ def train_model(
             cb.on_start(trainer.run_info(resume_path))
         return trainer.fit()
     finally:
+        # the trainer's DDP model holds the process group (its reducer): it goes first, so that
+        # shutdown() destroys a group nothing uses. With the trainer still bound here, one rank of
+        # a 2-process gloo run hung after training (a native mutex wait as this frame ended,
+        # gloo's threads still running: once in three fresh-clone CI runs, 2026-12-05).
+        trainer = None
         if lock is not None:
             lock.release()
         shutdown()
