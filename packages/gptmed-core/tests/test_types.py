@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from gptmed.core import (
     sha256_file,
     sweep_temp_files,
 )
+from gptmed.core.io import TEMP_MARKER
 
 
 @pytest.mark.parametrize(
@@ -215,18 +217,38 @@ def test_a_write_survives_another_writers_cleanup_of_the_folder(
 ) -> None:
     """Another writer's failed write removes the folder it made between this writer's mkdir and
     its temp file (forced here): the write makes the folder again."""
-    import tempfile
-
-    real = tempfile.mkstemp
+    real = os.open
 
     def folder_gone_first(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(tempfile, "mkstemp", real)
+        monkeypatch.setattr(os, "open", real)
         (tmp_path / "new").rmdir()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", folder_gone_first)
+    monkeypatch.setattr(os, "open", folder_gone_first)
     atomic_write_text(tmp_path / "new" / "x.txt", "ok")  # was: FileNotFoundError
     assert (tmp_path / "new" / "x.txt").read_text() == "ok"
+
+
+def test_a_signal_right_after_the_temp_file_is_created_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM under cli_errors) lands as the temp file's open returns, before the
+    writer holds its descriptor (forced here). With mkstemp the name was not bound yet, so the
+    temp file and its folder stayed: split's SIGTERM test found its folder left in 1 of 4
+    fresh-clone CI runs."""
+    real = os.open
+
+    def interrupted(name: Any, *args: Any, **kwargs: Any) -> Any:
+        fd = real(name, *args, **kwargs)
+        if TEMP_MARKER in str(name):
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(tmp_path / "made" / "x.txt", "never")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sweep_removes_stale_temp_files(tmp_path: Path) -> None:

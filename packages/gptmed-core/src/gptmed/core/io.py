@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Literal, overload
@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 TEMP_MARKER = ".tmp-"
+_NEW_FILE_FLAGS = (
+    os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -76,17 +79,20 @@ def _atomic_open(path: Path, mode: str, overwrite: bool, encoding: str) -> Itera
     made = missing_folders(folder)
     tmp_name: str | None = None
     try:
-        # One try from the temp file's creation to its rename, and the name is bound as mkstemp
-        # returns (no call in between): a signal (Ctrl-C, SIGTERM under cli_errors) that lands
-        # anywhere after mkstemp returns still removes the file.
-        prefix = f".{path.name}{TEMP_MARKER}"
         try:
             make_folder(folder, "the output folder")
-            try:
-                fd, tmp_name = tempfile.mkstemp(prefix=prefix, dir=folder)
-            except FileNotFoundError:  # another writer's failed write removed the folder it had made
-                folder.mkdir(parents=True, exist_ok=True)
-                fd, tmp_name = tempfile.mkstemp(prefix=prefix, dir=folder)
+            while tmp_name is None:
+                # The name is bound before the file exists: a signal (Ctrl-C, SIGTERM under
+                # cli_errors) that lands at any point after the file's creation still finds it in
+                # the except below. (With mkstemp, one landing before mkstemp returned left it.)
+                tmp_name = str(folder / f".{path.name}{TEMP_MARKER}{secrets.token_hex(6)}")
+                try:
+                    fd = os.open(tmp_name, _NEW_FILE_FLAGS, 0o600)
+                except FileExistsError:  # another writer's temp file: never ours to remove
+                    tmp_name = None
+                except FileNotFoundError:  # another writer's failed write removed the folder it had made
+                    tmp_name = None
+                    folder.mkdir(parents=True, exist_ok=True)
         except PermissionError:
             raise GptmedError(
                 f"cannot write {path}: permission denied in {folder}", hint="choose a folder you can write to"
