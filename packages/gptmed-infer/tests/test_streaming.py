@@ -43,3 +43,21 @@ def test_partial_stop_prefix_is_released_when_it_does_not_complete() -> None:
     assert stream.push(4) == " end"
     assert stream.finish() == ""
     assert stream.text() == "abc\nQx end"
+
+
+def test_the_windowed_decode_equals_decoding_the_whole_answer(artifacts) -> None:  # type: ignore[no-untyped-def]
+    """Each push decodes only the tokens since the last settled one: on random token streams (byte
+    pieces, specials and multi-byte characters included) the text is the whole answer's decode."""
+    import random
+
+    from gptmed.tokenizer import Tokenizer
+
+    tok = Tokenizer(artifacts.bundle / "tokenizer.model")
+    rng = random.Random(0)
+    tricky = [*tok.encode("腎臓 café 🙂 naïve"), 0, 1, 2, 3]
+    for _ in range(200):
+        ids = [rng.choice(tricky) if rng.random() < 0.4 else rng.randrange(tok.vocab_size) for _ in range(40)]
+        stream = AnswerStream(tok.decode)
+        for n, token in enumerate(ids, 1):
+            stream.push(token)
+            assert stream.text() == tok.decode(ids[:n]).lstrip(), ids[:n]

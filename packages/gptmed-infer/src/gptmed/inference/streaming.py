@@ -4,6 +4,9 @@ SentencePiece byte-fallback pieces decode to U+FFFD until the last byte of a mul
 arrives, so :class:`AnswerStream` holds back trailing replacement characters, trailing whitespace
 and any tail that could be the start of a stop string, and releases them once the following
 tokens settle the question. Concatenating every piece gives exactly :meth:`AnswerStream.text`.
+
+Each token re-decodes only the tokens since the last one whose text was settled (a whole piece,
+no U+FFFD), not the whole answer: the cost of a token does not grow with the answer's length.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable, Sequence
 __all__ = ["AnswerStream"]
 
 _REPLACEMENT = "\ufffd"
+_WINDOW = 16  # tokens decoded again at most (about): a new anchor is looked for this often
 
 
 class AnswerStream:
@@ -26,6 +30,11 @@ class AnswerStream:
         self._decode = decode
         self._stop = tuple(s for s in stop if s)
         self._ids: list[int] = []
+        self._anchor = (
+            -1
+        )  # index of the last settled token: decode(ids) starts with decode(ids[: anchor + 1])
+        self._settled = ""  # decode(ids[: anchor + 1])
+        self._anchor_text = ""  # decode([ids[anchor]]) alone
         self._emitted = 0  # characters of the (stripped) text already handed out
         self._text = ""  # the current full text, leading whitespace stripped
         self.stopped = False  # a stop string was found
@@ -39,7 +48,7 @@ class AnswerStream:
         if self.stopped:
             return ""
         self._ids.append(int(token))
-        text = self._decode(self._ids).lstrip()
+        text = self._decoded().lstrip()
         cut = self._find_stop(text)
         if cut is not None:
             self.stopped = True
@@ -56,6 +65,23 @@ class AnswerStream:
     def text(self) -> str:
         """The full answer so far (final after :meth:`finish`)."""
         return self._text
+
+    def _decoded(self) -> str:
+        """``decode(ids)``, decoding only the tokens from the anchor on; every ``_WINDOW`` tokens
+        or so the last token becomes the anchor, when its text is settled."""
+        ids, anchor = self._ids, self._anchor
+        text = None
+        if anchor >= 0:
+            window = self._decode(ids[anchor:])  # the anchor's text first, as alone
+            if window.startswith(self._anchor_text):
+                text = self._settled + window[len(self._anchor_text) :]
+        if text is None:
+            text = self._decode(ids)
+        if len(ids) - anchor > _WINDOW and not text.endswith(_REPLACEMENT):
+            last = self._decode(ids[-1:])
+            if _REPLACEMENT not in last:  # a whole piece, not a byte of a character
+                self._anchor, self._settled, self._anchor_text = len(ids) - 1, text, last
+        return text
 
     def _release(self, end: int) -> str:
         end = max(end, self._emitted)
