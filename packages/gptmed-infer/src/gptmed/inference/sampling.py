@@ -133,13 +133,14 @@ class Sampler:
 
     def _record(self, tokens: np.ndarray) -> None:
         """Add the chosen ``tokens`` (B,) to each row's history and answer."""
-        rows = np.arange(len(tokens))
         if self._seen is not None:
-            self._seen[rows, tokens] = True
-        if self._counts is not None:
-            first = self._counts[rows, tokens] == 0
-            self._used += (rows[first] * self.vocab + tokens[first]).tolist()
-            self._counts[rows, tokens] += 1
+            self._seen[np.arange(len(tokens)), tokens] = True
+        if self._counts is not None:  # scalar updates: a row or a few per call, not worth numpy's fancy indexing
+            counts, vocab = self._counts, self.vocab
+            for row, token in enumerate(tokens.tolist()):
+                if counts[row, token] == 0:
+                    self._used.append(row * vocab + token)
+                counts[row, token] += 1
         if self._ngram:
             n = self._ngram
             for row, token in enumerate(tokens.tolist()):
