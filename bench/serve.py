@@ -16,7 +16,9 @@ excess gets 429 (the client waits 0.2 s and retries), never a 5xx.
 
 The prefill section measures how long a long prompt (``--long-prompt`` tokens) stalls a running
 stream: the largest gap between two tokens of a stream while the long prompt is prefilled, with
-``--prefill-chunk 64`` and with a chunk the size of the context (no chunking).
+``--prefill-chunk 64`` and with a chunk the size of the context (no chunking). The workers
+section runs the batched server with its default workers (2 on 2+ cores) and with
+``--workers 1``; the spin section, with ``--workers 1``, onnxruntime's threads spinning or not.
 
 Weights: bench/generate.py's preset with random init (speed does not depend on the values),
 built and cached in ``--workdir`` (shared with bench/generate.py). Needs the ``[serve]`` extra
@@ -250,14 +252,35 @@ def _row(run: Run, base: Run | None) -> str:
 def spin_section(bundle: Path, questions: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
     """The batched server (fp32, 16 clients) with onnxruntime's worker threads spinning between
     kernels (the default) and without (GPTMED_ORT_SPIN=0), alternated twice."""
-    print(f"\nonnxruntime spinning, fp32 --max-batch {args.max_batch}, 16 clients (tokens/s, alternated):")
+    print(
+        f"\nonnxruntime spinning, fp32 --max-batch {args.max_batch} --workers 1 (both threads in one run), "
+        "16 clients (tokens/s, alternated):"
+    )
     out: dict[str, list[float]] = {"1": [], "0": []}
     for _round in range(2):
         for spin in ("1", "0"):
-            with Server(bundle, "--max-batch", str(args.max_batch), env={"GPTMED_ORT_SPIN": spin}) as srv:
+            flags = ["--max-batch", str(args.max_batch), "--workers", "1"]
+            with Server(bundle, *flags, env={"GPTMED_ORT_SPIN": spin}) as srv:
                 run = measure(srv.url, f"spin {spin}", questions, 16, args.requests, args.max_tokens)
             out[spin].append(run.tokens_per_s)
             print(f"  GPTMED_ORT_SPIN={spin}: {run.tokens_per_s:.0f} tokens/s", flush=True)
+    return out
+
+
+def workers_section(bundle: Path, questions: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """The batched server at 16 clients with the default workers (2 on 2+ cores) and with
+    ``--workers 1`` (one batch of --max-batch rows on every thread), alternated twice."""
+    print(f"\nworkers, --max-batch {args.max_batch}, 16 clients (tokens/s, alternated):")
+    out: dict[str, list[float]] = {}
+    for _round in range(2):
+        for variant in args.variants:
+            for workers in ("default", "1"):
+                flags = ["--max-batch", str(args.max_batch), *(["--int8"] if variant == "int8" else [])]
+                flags += [] if workers == "default" else ["--workers", workers]
+                with Server(bundle, *flags) as srv:
+                    run = measure(srv.url, workers, questions, 16, args.requests, args.max_tokens)
+                out.setdefault(f"{variant} workers {workers}", []).append(run.tokens_per_s)
+                print(f"  {variant}, workers {workers}: {run.tokens_per_s:.0f} tokens/s", flush=True)
     return out
 
 
@@ -271,7 +294,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     ap.add_argument("--long-prompt", type=int, default=400, help="prompt tokens of the prefill-stall test")
-    ap.add_argument("--skip", nargs="*", default=[], help="sections to skip: overload stall spin")
+    ap.add_argument("--skip", nargs="*", default=[], help="sections to skip: overload stall workers spin")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gptmed-bench-generate"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -347,6 +370,8 @@ def main() -> None:
                 f"  --prefill-chunk {chunk:>3}: median gap {median * 1e3:.1f} ms, largest gap {worst * 1e3:.1f} ms"
             )
             results["stall"][chunk] = {"median_gap_s": median, "max_gap_s": worst}
+    if "workers" not in args.skip:
+        results["workers"] = workers_section(bundle, questions, args)
     if "spin" not in args.skip:
         results["spin"] = spin_section(bundle, questions, args)
     if args.json:

@@ -4,6 +4,7 @@ acts on them. Importable by the tests and by their server subprocesses (sys.path
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ class SerialSlowBackend:
         self.delay, self.eos = delay, eos
         self.steps = 0
         self.widths: list[int] = []  # rows decoded by each batched step
+        self.threads: dict[str, list[int]] = {}  # thread name -> rows of each step it ran
 
     def _out(self, logits: np.ndarray) -> np.ndarray:
         if self.eos is None:
@@ -62,6 +64,7 @@ class SlowBackend(SerialSlowBackend):
     def step(self, live: Any, tokens: np.ndarray) -> np.ndarray:
         self.steps += 1
         self.widths.append(len(tokens))
+        self.threads.setdefault(threading.current_thread().name, []).append(len(tokens))
         time.sleep(self.delay)
         return self._out(self.inner.step(live, tokens))
 

@@ -388,3 +388,19 @@ def test_a_truncated_checkpoint_is_one_short_line(artifacts, tmp_path: Path) -> 
         f"Error: {cut}: not a checkpoint (truncated, or another kind of file); "
         "pass a .pt file written by gptmed-train, or an exported bundle folder"
     ), r.stderr
+
+
+def test_serve_runs_two_workers_when_there_are_two_threads_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers' default: 2 with 2+ onnxruntime threads and a batch to split, else 1; the threads
+    come from --threads, else GPTMED_NUM_THREADS, else the cores this process may use."""
+    from gptmed.inference.cli import _serve_workers, _total_threads
+
+    monkeypatch.delenv("GPTMED_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert _total_threads(None) == _total_threads(0) == cores
+    assert _serve_workers(None, 4, 16) == 2
+    assert _serve_workers(None, 1, 16) == 1  # one thread: one batch
+    assert _serve_workers(None, 4, 1) == 1  # one row: nothing to split
+    assert _serve_workers(3, 1, 16) == 3  # given: as given
+    monkeypatch.setenv("GPTMED_NUM_THREADS", "1")
+    assert _total_threads(None) == 1 and _serve_workers(None, None, 16) == 1

@@ -26,7 +26,7 @@ KEY = "sk-test-0123456789"
 
 def _start(gen, max_queue: int = 0, **config: Any) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The server `gptmed-infer serve` runs (build_server), on a free port, in a thread."""
-    settings = {"max_batch": 1, "max_tokens": 64, "max_body": 8192, **config}
+    settings = {"max_batch": 1, "max_tokens": 64, "max_body": 8192, "workers": 2, **config}
     cfg = ServerConfig(api_key=KEY, port=0, max_queue=max_queue, **settings)
     srv = build_server(gen, cfg, log_level="warning")
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -40,7 +40,7 @@ def _start(gen, max_queue: int = 0, **config: Any) -> Iterator[str]:  # type: ig
     srv.should_exit = True
     thread.join(timeout=10)
     scheduler = srv.config.app.state.api.scheduler  # the generation thread ends with the server
-    assert scheduler.thread is None or not scheduler.thread.is_alive()
+    assert not any(thread.is_alive() for thread in scheduler.threads)
 
 
 @pytest.fixture(scope="module")

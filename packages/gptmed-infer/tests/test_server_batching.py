@@ -68,21 +68,50 @@ def _run(
     return asyncio.run(main())
 
 
-def test_greedy_rows_in_one_batch_get_the_tokens_they_get_alone(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", [1, 2])
+def test_greedy_rows_in_one_batch_get_the_tokens_they_get_alone(onnx_gen, artifacts, workers) -> None:  # type: ignore[no-untyped-def]
     gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
     configs = [make_config(gen.defaults, temperature=0.0, max_length=n) for n in (40, 6, 25, 3, 40, 12)]
     requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(QUESTIONS, configs, strict=True)]
     assert max(len(ids) for ids, _ in requests) > 12
     # different max_tokens: rows leave at different steps; prompts over 12 tokens are chunked
-    got = _run(gen, requests, max_batch=4, prefill_chunk=12)
+    got = _run(gen, requests, max_batch=3 * workers, prefill_chunk=12, workers=workers)
     for q, cfg, (tokens, text, reason) in zip(QUESTIONS, configs, got, strict=True):
         alone = gen.generate_results([q], config=cfg)[0]
         assert tokens == alone.token_ids, q
         assert text == alone.text
         assert reason == {"eos": "stop"}.get(alone.finish_reason, alone.finish_reason)
-    widths = gen.backend.widths
-    assert max(widths) >= 3  # batched
-    assert any(b < a for a, b in itertools.pairwise(widths))  # and rows left on their own
+    assert len(gen.backend.threads) == workers  # each worker decoded its own batch
+    for widths in gen.backend.threads.values():
+        assert max(widths) >= 2 and max(widths) <= 3  # batched, within the worker's share of max_batch
+        assert any(b < a for a, b in itertools.pairwise(widths))  # and rows left on their own
+
+
+def test_workers_share_out_the_batch_the_kv_budget_and_the_queue(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """Eight requests at once on two workers of two rows each (max_batch 4): four run, the rest
+    wait in the one queue and go to whichever worker has room; every answer is the one it gets alone."""
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    configs = [
+        make_config(gen.defaults, temperature=0.0, max_length=n) for n in (30, 5, 12, 30, 8, 20, 3, 16)
+    ]
+    questions = QUESTIONS + QUESTIONS[:2]
+    requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(questions, configs, strict=True)]
+    got = _run(gen, requests, max_batch=4, max_queue=4, workers=2)
+    for q, cfg, (tokens, _text, _reason) in zip(questions, configs, got, strict=True):
+        assert tokens == gen.generate_results([q], config=cfg)[0].token_ids, q
+    assert sorted(gen.backend.threads) == ["gptmed-worker-0", "gptmed-worker-1"]
+    assert max(gen.backend.widths) == 2
+
+
+def test_the_worker_count_is_bounded_by_the_batch_the_kv_budget_and_the_backend(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    gen = _slow_gen(onnx_gen, artifacts)
+    context = gen.config.max_seq_len * gen.backend.kv_bytes_per_token() / 2**20  # MB of one row
+    workers = lambda **c: [w.max_batch for w in Scheduler(gen, ServerConfig(**c), Metrics()).workers]  # noqa: E731
+    assert workers(max_batch=5, workers=2) == [3, 2]
+    assert workers(max_batch=2, workers=3) == [1, 1]  # never a worker without a row
+    assert workers(max_batch=8, workers=2, kv_cache_mb=1.5 * context) == [8]  # one context fits, not two
+    serial = _slow_gen(onnx_gen, artifacts, SerialSlowBackend)
+    assert len(Scheduler(serial, ServerConfig(max_batch=4, workers=2), Metrics()).workers) == 1
 
 
 def test_rows_with_their_own_penalties_get_the_tokens_they_get_alone(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]

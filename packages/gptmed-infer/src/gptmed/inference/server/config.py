@@ -24,13 +24,20 @@ class ServerConfig:
     shutdown_timeout: float = 30.0  # seconds running generations get after SIGTERM/SIGINT
     kv_cache_mb: float = 1024.0  # KV cache the running batch may hold; requests beyond it wait
     prefill_chunk: int = 64  # prompt tokens prefilled between two decode steps of the running rows
+    workers: int = 1  # threads that each decode their own batch (max_batch and kv_cache_mb are shared out)
     model_name: str = "gptmed"
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
             # HTTP headers are Latin-1 at best, and clients (the openai one too) send ASCII only
             raise ConfigError("the API key must be printable ASCII (clients cannot send other characters)")
-        for name, low in (("max_batch", 1), ("max_queue", 0), ("max_tokens", 1), ("prefill_chunk", 1)):
+        for name, low in (
+            ("max_batch", 1),
+            ("max_queue", 0),
+            ("max_tokens", 1),
+            ("prefill_chunk", 1),
+            ("workers", 1),
+        ):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not self.kv_cache_mb > 0:

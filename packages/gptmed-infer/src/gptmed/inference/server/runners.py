@@ -21,6 +21,7 @@ __all__ = ["BatchedRunner", "Runner", "SerialRunner", "make_runner"]
 
 class Runner(Protocol):
     chunked: bool  # whether a long prompt may be prefilled in chunks (extend)
+    concurrent: bool  # whether runners of one backend may each run on their own thread
     bytes_per_token: int  # KV cache bytes of one key position of one row
 
     @property
@@ -60,6 +61,7 @@ class BatchedRunner:
     its own small cache and its rows join the batch after it."""
 
     chunked = True
+    concurrent = True  # one onnxruntime session runs several io-bindings at once
 
     def __init__(self, backend: BatchingBackend) -> None:
         self.backend = backend
@@ -108,6 +110,7 @@ class SerialRunner:
     """Any :class:`~gptmed.inference.backends.Backend`: one cache per row, rows decoded in turn."""
 
     chunked = False
+    concurrent = False  # a torch model on several threads gains nothing: one worker
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
