@@ -197,6 +197,35 @@ def test_a_long_prompt_is_prefilled_between_the_steps_of_the_running_rows(onnx_g
     assert got[1][0] == gen.generate_results([long_q], config=long_cfg)[0].token_ids
 
 
+def test_prompts_are_prefilled_up_to_the_chunk_before_the_next_decode_step(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """Two prompts fill most of --prefill-chunk as one group; the third, which did not fit in the
+    group, still fits in what is left of the chunk: it is prefilled before the first decode step
+    (it used to wait for that step: a newcomer's time to first token)."""
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    calls: list[str] = []
+    backend = gen.backend
+    for name in ("prefill", "step"):
+        method = getattr(backend, name)
+
+        def logged(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
+            calls.append(_name)
+            return _method(*args, **kw)
+
+        setattr(backend, name, logged)
+    by_length = sorted(QUESTIONS, key=lambda q: len(gen.encode_prompt(q)))
+    short, *_, long_a, long_b = by_length
+    widest = max(len(gen.encode_prompt(q)) for q in (long_a, long_b))
+    assert len(gen.encode_prompt(short)) < widest
+    chunk = 2 * widest + len(gen.encode_prompt(short))  # the group takes two, the third is left over
+    cfg = make_config(gen.defaults, temperature=0.0, max_length=10)
+    requests = [(gen.encode_prompt(q), cfg) for q in (long_a, long_b, short)]
+    got = _run(gen, requests, max_batch=4, prefill_chunk=chunk)
+    first_step = calls.index("step")
+    assert "prefill" in calls[:first_step] and "prefill" not in calls[first_step:], calls
+    for q, (tokens, _text, _reason) in zip((long_a, long_b, short), got, strict=True):
+        assert tokens == gen.generate_results([q], config=cfg)[0].token_ids
+
+
 def test_a_checkpoint_on_torch_is_served_row_by_row(torch_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
     from openai import OpenAI
 

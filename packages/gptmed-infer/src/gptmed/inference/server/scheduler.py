@@ -10,10 +10,11 @@ kernels of a step, two independent runs never wait). Each iteration of a worker
 1. admits waiting requests while its batch has fewer than its share of ``max_batch`` rows and
    the KV store they need fits in its share of ``kv_cache_mb`` (the rest wait; beyond
    ``max_queue`` waiting, ``submit`` refuses with 429);
-2. prefills one unit of newcomers: several short prompts together (at most ``prefill_chunk``
-   padded tokens), or the next ``prefill_chunk`` tokens of one long prompt, so a long prompt
-   delays the running rows by one chunk per step instead of its whole prefill; a prompt whose
-   prefill is done samples its first token and joins the running rows;
+2. prefills newcomers, up to ``prefill_chunk`` padded prompt tokens: groups of short prompts
+   (newcomers that arrive during one group are admitted for the next, within what is left), or
+   the next ``prefill_chunk`` tokens of one long prompt, so a long prompt delays the running
+   rows by one chunk per step instead of its whole prefill; a prompt whose prefill is done
+   samples its first token (sent at once) and joins the running rows;
 3. decodes one token for every running row in one batched step.
 
 Rows leave between steps, each on its own: EOS, a stop string, ``max_tokens``, its client gone,
@@ -251,19 +252,25 @@ class _Worker:
         s.post(out)
 
     def _iteration(self, out: list[tuple[Job, Event]]) -> None:
-        """One prefill unit, then one decode step; events of the first go out before the second
-        (a newcomer's first token does not wait for the step)."""
+        """Prefill units up to ``prefill_chunk`` prompt tokens (newcomers that arrive during one
+        are admitted for the next), then one decode step. Each unit's first tokens go out at
+        once (a newcomer's first token waits neither for the other units nor for the step)."""
         if self.s.deadline is not None and time.monotonic() >= self.s.deadline:
             self._end_all(out, shutting_down())
             return
         self._drop_cancelled()
-        with self.s._wake:
-            self._admit()
-        self._prefill(out)
-        if self.rows:
+        budget = self.chunk
+        while budget > 0:
+            with self.s._wake:
+                self._admit()
+            done = self._prefill(out, budget)
+            if not done:
+                break
+            budget -= done
             if out:
                 self.s.post(out[:])
                 out.clear()
+        if self.rows:
             self._decode(out)
 
     # ------------------------------------------------------------------------ admission
@@ -339,32 +346,41 @@ class _Worker:
             self._compact()
 
     # ------------------------------------------------------------------------ prefill
-    def _prefill(self, out: list[tuple[Job, Event]]) -> None:
-        """One unit of prefill: the next chunk of a long prompt, or a group of short ones."""
+    def _prefill(self, out: list[tuple[Job, Event]], budget: int) -> int:
+        """One unit of prefill within ``budget`` padded prompt tokens: the next chunk of a long
+        prompt, or a group of short ones. Returns the tokens it ran (0: nothing fit, or nothing
+        to do). A unit with the whole ``prefill_chunk`` always runs its first prompt."""
+        whole = budget >= self.chunk
         chunked = self._chunked
         if chunked is not None:
+            if not whole:
+                return 0
             piece = chunked.job.ids[chunked.done : chunked.done + self.chunk]
             logits = self.runner.extend(chunked.handle, piece)
             chunked.done += len(piece)
             if chunked.done == len(chunked.job.ids):
                 self._chunked = None
                 self._started([chunked.job], logits, chunked.handle, out)
-            return
+            return len(piece)
         with self.s._wake:
-            if not self._ready:
-                return
+            if not self._ready or (len(self._ready[0].ids) > budget and not whole):
+                return 0
             first = self._ready.popleft()
-            if self.runner.chunked and len(first.ids) > self.chunk:
-                logits, handle = self.runner.prefill([first.ids[: self.chunk]], len(first.ids))
-                self._chunked = _Chunked(first, handle, self.chunk)
-                return
             group, width = [first], len(first.ids)
-            while self._ready and (len(group) + 1) * max(width, len(self._ready[0].ids)) <= self.chunk:
+            long = self.runner.chunked and width > self.chunk
+            while (
+                not long and self._ready and (len(group) + 1) * max(width, len(self._ready[0].ids)) <= budget
+            ):
                 group.append(self._ready.popleft())
                 width = max(width, len(group[-1].ids))
+        if long:  # its first chunk now, the rest in the next iterations
+            _logits, handle = self.runner.prefill([first.ids[: self.chunk]], width)
+            self._chunked = _Chunked(first, handle, self.chunk)
+            return self.chunk
         capacity = width if self.runner.chunked else max(job.reserve for job in group)
         logits, handle = self.runner.prefill([job.ids for job in group], capacity)
         self._started(group, logits, handle, out)
+        return len(group) * width
 
     def _started(
         self, jobs: list[Job], logits: np.ndarray, handle: Any, out: list[tuple[Job, Event]]
