@@ -134,7 +134,8 @@ def test_rows_with_their_own_penalties_get_the_tokens_they_get_alone(onnx_gen, a
     assert max(gen.backend.widths) > 1
 
 
-def test_seeded_rows_in_one_batch_get_the_text_they_get_alone(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", [1, 2])
+def test_seeded_rows_in_one_batch_get_the_text_they_get_alone(onnx_gen, artifacts, workers) -> None:  # type: ignore[no-untyped-def]
     gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
     configs = [
         make_config(gen.defaults, temperature=t, top_k=k, top_p=p, seed=seed, max_length=30)
@@ -147,7 +148,7 @@ def test_seeded_rows_in_one_batch_get_the_text_they_get_alone(onnx_gen, artifact
         ]
     ]
     requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(QUESTIONS, configs, strict=False)]
-    got = _run(gen, requests, max_batch=8)
+    got = _run(gen, requests, max_batch=8, workers=workers)
     for q, cfg, (_tokens, text, _reason) in zip(QUESTIONS, configs, got, strict=False):
         assert text == gen.generate(q, config=cfg), q
     assert max(gen.backend.widths) > 1

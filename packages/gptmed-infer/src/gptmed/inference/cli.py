@@ -252,7 +252,7 @@ def info_cmd(bundle: str, debug: bool) -> None:
     type=click.IntRange(min=1),
     default=16,
     show_default=True,
-    help="Requests generating at once, decoded together in one batch (--max-concurrency: old name).",
+    help="Requests generating at once, decoded together in batches, one per worker (--max-concurrency: old name).",
 )
 @click.option(
     "--max-queue",
