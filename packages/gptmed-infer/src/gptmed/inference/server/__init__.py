@@ -3,8 +3,9 @@
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
 ``GET /health``, ``GET /metrics`` (Prometheus), and ``GET /`` (a chat page). Starlette + uvicorn.
 
-* :mod:`.scheduler`: continuous batching; one thread owns the model and the KV cache, requests
-  join the running batch between decode steps and leave on their own (:mod:`.runners`: the model
+* :mod:`.scheduler`: continuous batching; worker threads each own a batch and its KV cache and
+  take requests from one queue; requests join a running batch between decode steps and leave on
+  their own (:mod:`.runners`: the model
   side, batched on onnxruntime, row by row on torch);
 * :mod:`.validation`: the API key (constant-time), the body (413 over the cap, 408 when slow),
   the OpenAI fields (400 with the field named, ``context_length_exceeded``);

@@ -56,7 +56,7 @@ _STORE_STEP = 64  # the KV store's keys per row grow in multiples of this
 
 @dataclass(eq=False)
 class Job:
-    """One request inside the scheduler. Only the scheduler thread touches its generation state."""
+    """One request inside the scheduler. Only the worker that admitted it touches its generation state."""
 
     ids: list[int]  # the prompt (BOS + template)
     config: GenerationConfig  # max_length set
