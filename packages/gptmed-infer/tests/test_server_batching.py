@@ -227,6 +227,46 @@ def test_prompts_are_prefilled_up_to_the_chunk_before_the_next_decode_step(onnx_
         assert tokens == gen.generate_results([q], config=cfg)[0].token_ids
 
 
+def test_a_failed_step_ends_its_rows_with_500_and_the_queue_goes_on(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """onnxruntime raises in one decode step: the rows of that batch end with a 500 error event;
+    the requests still waiting are then answered as they are alone (no error, nothing lost)."""
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    backend, real_step = gen.backend, gen.backend.step
+    failures = [RuntimeError("onnxruntime: out of memory")]
+
+    def failing_step(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real_step(*args)
+
+    backend.step = failing_step
+    cfg = make_config(gen.defaults, temperature=0.0, max_length=8)
+    questions = QUESTIONS[:4]
+
+    async def main() -> list[Any]:
+        scheduler = Scheduler(gen, ServerConfig(max_batch=2, max_queue=4), Metrics())
+        jobs = [scheduler.submit(gen.encode_prompt(q), cfg) for q in questions]
+
+        async def last_event(job) -> Any:  # type: ignore[no-untyped-def]
+            while True:
+                kind, value = await job.events.get()
+                if kind != "piece":
+                    return kind, value, job.stream.ids
+
+        try:
+            return list(await asyncio.gather(*(last_event(job) for job in jobs)))
+        finally:
+            scheduler.close()
+            assert scheduler.inside == 0
+
+    ends = asyncio.run(main())
+    failed = [value.status for kind, value, _ids in ends if kind == "error"]
+    assert failed in ([500], [500, 500]), ends  # the rows of the failed step (1 or 2 had joined)
+    assert [kind for kind, _value, _ids in ends[len(failed) :]] == ["end"] * (4 - len(failed))
+    for q, (_kind, _value, ids) in zip(questions[len(failed) :], ends[len(failed) :], strict=True):
+        assert ids == gen.generate_results([q], config=cfg)[0].token_ids, q
+
+
 def test_a_checkpoint_on_torch_is_served_row_by_row(torch_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
     from openai import OpenAI
 

@@ -245,7 +245,10 @@ class _Worker:
                 self._iteration(out)
             except Exception:
                 _log.exception("generation failed")
-                self._end_all(out, APIError(500, "internal error during generation", "server_error"))
+                # this worker's jobs only: the queue and the other workers' rows go on
+                self._end_all(
+                    out, APIError(500, "internal error during generation", "server_error"), waiting=False
+                )
             s.post(out)
         out = []
         self._end_all(out, shutting_down())
@@ -444,15 +447,17 @@ class _Worker:
         with self.s._wake:
             self.s.inside -= 1
 
-    def _end_all(self, out: list[tuple[Job, Event]], error: APIError) -> None:
-        """This worker's jobs and the waiting ones end with ``error`` (shutdown deadline, or a
-        failed run)."""
+    def _end_all(self, out: list[tuple[Job, Event]], error: APIError, waiting: bool = True) -> None:
+        """This worker's jobs, and with ``waiting`` the queue's, end with ``error`` (the shutdown
+        deadline; a failed run ends this worker's only)."""
         s = self.s
         with s._wake:
-            jobs = [*s._waiting, *self._ready, *self.rows]
+            jobs = [*self._ready, *self.rows]
             if self._chunked is not None:
                 jobs.append(self._chunked.job)
-            s._waiting.clear()
+            if waiting:
+                jobs += s._waiting
+                s._waiting.clear()
             self._ready.clear()
             self._chunked, self.rows = None, []
             for job in jobs:
