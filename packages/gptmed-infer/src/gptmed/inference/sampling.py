@@ -135,9 +135,8 @@ class Sampler:
         """Add the chosen ``tokens`` (B,) to each row's history and answer."""
         if self._seen is not None:
             self._seen[np.arange(len(tokens)), tokens] = True
-        if (
-            self._counts is not None
-        ):  # scalar updates: a row or a few per call, not worth numpy's fancy indexing
+        # scalar updates: a row or a few per call, not worth numpy's fancy indexing
+        if self._counts is not None:
             counts, vocab = self._counts, self.vocab
             for row, token in enumerate(tokens.tolist()):
                 if counts[row, token] == 0:

@@ -30,9 +30,8 @@ class AnswerStream:
         self._decode = decode
         self._stop = tuple(s for s in stop if s)
         self._ids: list[int] = []
-        self._anchor = (
-            -1
-        )  # index of the last settled token: decode(ids) starts with decode(ids[: anchor + 1])
+        # the anchor: the last settled token; decode(ids) starts with decode(ids[: anchor + 1])
+        self._anchor = -1
         self._settled = ""  # decode(ids[: anchor + 1])
         self._anchor_text = ""  # decode([ids[anchor]]) alone
         self._emitted = 0  # characters of the (stripped) text already handed out

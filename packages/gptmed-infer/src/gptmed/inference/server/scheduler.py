@@ -46,7 +46,7 @@ from gptmed.inference.server.metrics import Metrics
 from gptmed.inference.server.runners import Runner, make_runner
 from gptmed.inference.streaming import AnswerStream
 
-__all__ = ["Job", "Scheduler", "worker_shares"]
+__all__ = ["Job", "Scheduler"]
 
 _log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _compaction(ended: Sequence[bool]) -> np.ndarray:
     return keep
 
 
-def worker_shares(total: int, workers: int) -> list[int]:
+def _shares(total: int, workers: int) -> list[int]:
     """``total`` split over ``workers`` as evenly as whole numbers allow (the first get the rest)."""
     return [total // workers + (i < total % workers) for i in range(workers)]
 
@@ -122,7 +122,7 @@ class Scheduler:
         # a backend that cannot run from several threads (torch, row by row) gets one worker; so
         # does a budget that holds fewer contexts than workers
         count = min(config.workers, config.max_batch, budget // row) if runner.concurrent else 1
-        rows, budgets = worker_shares(config.max_batch, count), worker_shares(budget, count)
+        rows, budgets = _shares(config.max_batch, count), _shares(budget, count)
         runners = [runner, *(make_runner(generator.backend) for _ in range(count - 1))]
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
