@@ -39,6 +39,20 @@ def _slow_gen(onnx_gen, artifacts, backend_type: type = SlowBackend, **kw: Any) 
     return TextGenerator(model=backend, tokenizer_path=str(artifacts.bundle / "tokenizer.model"))
 
 
+def _log_calls(backend: Any, *names: str) -> list[str]:
+    """Wrap ``backend``'s methods ``names``: the returned list gets each call's name, in order."""
+    calls: list[str] = []
+    for name in names:
+        method = getattr(backend, name)
+
+        def logged(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
+            calls.append(_name)
+            return _method(*args, **kw)
+
+        setattr(backend, name, logged)
+    return calls
+
+
 def _run(
     gen: TextGenerator, requests: list[tuple[list[int], Any]], **config: Any
 ) -> list[tuple[list[int], str, str]]:
@@ -171,16 +185,7 @@ def test_the_kv_budget_bounds_the_batch_and_the_rest_waits(onnx_gen, artifacts) 
 def test_a_long_prompt_is_prefilled_between_the_steps_of_the_running_rows(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
     """Its chunks alternate with decode steps, and it then answers as it does alone."""
     gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
-    calls: list[str] = []
-    backend = gen.backend
-    for name in ("extend", "step"):
-        method = getattr(backend, name)
-
-        def logged(*args: Any, _name: str = name, _method: Any = method) -> Any:
-            calls.append(_name)
-            return _method(*args)
-
-        setattr(backend, name, logged)
+    calls = _log_calls(gen.backend, "extend", "step")
     short = make_config(gen.defaults, temperature=0.0, max_length=30)
     long_q = "Tell me about " + ", ".join(["fever", "asthma", "anemia", "insulin", "migraine"] * 3) + "."
     long_ids = gen.encode_prompt(long_q)
@@ -203,16 +208,7 @@ def test_prompts_are_prefilled_up_to_the_chunk_before_the_next_decode_step(onnx_
     group, still fits in what is left of the chunk: it is prefilled before the first decode step
     (it used to wait for that step: a newcomer's time to first token)."""
     gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
-    calls: list[str] = []
-    backend = gen.backend
-    for name in ("prefill", "step"):
-        method = getattr(backend, name)
-
-        def logged(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
-            calls.append(_name)
-            return _method(*args, **kw)
-
-        setattr(backend, name, logged)
+    calls = _log_calls(gen.backend, "prefill", "step")
     by_length = sorted(QUESTIONS, key=lambda q: len(gen.encode_prompt(q)))
     short, *_, long_a, long_b = by_length
     widest = max(len(gen.encode_prompt(q)) for q in (long_a, long_b))
