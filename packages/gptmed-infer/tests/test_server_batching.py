@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,11 +57,20 @@ def _log_calls(backend: Any, *names: str) -> list[str]:
 def _run(
     gen: TextGenerator, requests: list[tuple[list[int], Any]], **config: Any
 ) -> list[tuple[list[int], str, str]]:
-    """Every request through one scheduler at once -> (token ids, text, finish reason) each."""
+    """Every request through one scheduler at once -> (token ids, text, finish reason) each. "At
+    once": the first prefill waits until every request is queued (the workers start with the first
+    submit, and a busy machine could otherwise run a whole iteration before the last one arrives)."""
+    queued = threading.Event()
+    backend, prefill = gen.backend, gen.backend.prefill
+
+    def gated_prefill(*args: Any, **kw: Any) -> Any:
+        queued.wait(timeout=30)
+        return prefill(*args, **kw)
 
     async def main() -> list[tuple[list[int], str, str]]:
         scheduler = Scheduler(gen, ServerConfig(**config), Metrics())
         jobs = [scheduler.submit(ids, cfg) for ids, cfg in requests]
+        queued.set()
 
         async def collect(job) -> tuple[list[int], str, str]:  # type: ignore[no-untyped-def]
             text = ""
@@ -79,7 +89,11 @@ def _run(
             scheduler.close()
             assert scheduler.inside == 0
 
-    return asyncio.run(main())
+    backend.prefill = gated_prefill
+    try:
+        return asyncio.run(main())
+    finally:
+        backend.prefill = prefill
 
 
 @pytest.mark.parametrize("workers", [1, 2])
