@@ -378,3 +378,27 @@ def test_a_queued_client_that_leaves_frees_its_place(onnx_gen, artifacts) -> Non
         h = waiting(2)
         for sock in (third, first, running):
             sock.close()
+
+
+def test_a_stream_that_fell_behind_gets_the_queued_pieces_as_one_event(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """Its writer did not read while the row ran: the pieces queued meanwhile come out joined (one
+    SSE event, not one per token), then the end, apart."""
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    cfg = make_config(gen.defaults, temperature=0.0, max_length=20)
+    question = QUESTIONS[0]
+
+    async def main() -> list[Any]:
+        scheduler = Scheduler(gen, ServerConfig(max_batch=2), Metrics())
+        try:
+            job = scheduler.submit(gen.encode_prompt(question), cfg)
+            while not job.ended:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the worker's last post reaches the queue
+            assert job.events.qsize() > 2  # a piece per token, and the end
+            return await job.next_events()
+        finally:
+            scheduler.close()
+
+    alone = gen.generate_results([question], config=cfg)[0]
+    reason = "stop" if alone.finish_reason == "eos" else alone.finish_reason
+    assert asyncio.run(main()) == [("piece", alone.text), ("end", (reason, len(alone.token_ids)))]

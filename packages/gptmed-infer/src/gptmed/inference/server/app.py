@@ -123,13 +123,13 @@ class Api:
         async def collect() -> tuple[str, str]:
             pieces = []
             while True:
-                kind, value = await job.events.get()
-                if kind == "piece":
-                    pieces.append(value)
-                elif kind == "end":
-                    return "".join(pieces), value[0]
-                else:
-                    raise value
+                for kind, value in await job.next_events():
+                    if kind == "piece":
+                        pieces.append(value)
+                    elif kind == "end":
+                        return "".join(pieces), value[0]
+                    else:
+                        raise value
 
         async def disconnected() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -176,21 +176,21 @@ class Api:
         if req.chat:
             yield chunk({"role": "assistant", "content": ""}, None)
         while True:
-            kind, value = await job.events.get()
-            if kind == "piece":
-                yield chunk({"content": value} if req.chat else value, None)
-            elif kind == "end":
-                state["outcome"] = "ok"
-                yield chunk({} if req.chat else "", value[0])
-                if req.include_usage:  # OpenAI: one more chunk with no choices and the usage
-                    yield _event(envelope([], usage=usage(len(req.ids), value[1])))
-                yield b"data: [DONE]\n\n"
-                return
-            else:
-                state["outcome"] = outcome(value.status)
-                yield _event(value.body())
-                yield b"data: [DONE]\n\n"
-                return
+            for kind, value in await job.next_events():
+                if kind == "piece":
+                    yield chunk({"content": value} if req.chat else value, None)
+                elif kind == "end":
+                    state["outcome"] = "ok"
+                    yield chunk({} if req.chat else "", value[0])
+                    if req.include_usage:  # OpenAI: one more chunk with no choices and the usage
+                        yield _event(envelope([], usage=usage(len(req.ids), value[1])))
+                    yield b"data: [DONE]\n\n"
+                    return
+                else:
+                    state["outcome"] = outcome(value.status)
+                    yield _event(value.body())
+                    yield b"data: [DONE]\n\n"
+                    return
 
     # -------------------------------------------------------------------------- the rest
     async def models(self, request: Request) -> Response:

@@ -70,6 +70,18 @@ class Job:
     last_token: float = 0.0  # perf_counter of the last token
     ended: bool = False
 
+    async def next_events(self) -> list[Event]:
+        """The next event and every one already queued behind it, consecutive pieces joined: a
+        stream whose writer fell behind the steps catches up in one write, not one per token."""
+        events = [await self.events.get()]
+        while not self.events.empty():
+            event = self.events.get_nowait()
+            if event[0] == "piece" and events[-1][0] == "piece":
+                events[-1] = ("piece", events[-1][1] + event[1])
+            else:
+                events.append(event)
+        return events
+
     @property
     def reserve(self) -> int:
         """Keys its row may need: the prompt and every answer token."""
