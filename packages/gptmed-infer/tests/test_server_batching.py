@@ -402,3 +402,42 @@ def test_a_stream_that_fell_behind_gets_the_queued_pieces_as_one_event(onnx_gen,
     alone = gen.generate_results([question], config=cfg)[0]
     reason = "stop" if alone.finish_reason == "eos" else alone.finish_reason
     assert asyncio.run(main()) == [("piece", alone.text), ("end", (reason, len(alone.token_ids)))]
+
+
+def test_stream_interval_sends_the_first_text_at_once_then_every_n_tokens(onnx_gen, artifacts) -> None:  # type: ignore[no-untyped-def]
+    """--stream-interval 4: the first text as soon as its token is sampled, then one piece event
+    per 4 tokens, the rest with the end; the text and tokens are the ones the row gets alone."""
+    from gptmed.inference import AnswerStream
+
+    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+    cfg = make_config(gen.defaults, temperature=0.0, max_length=30)
+    question = QUESTIONS[0]  # 19 tokens, then EOS
+    alone = gen.generate_results([question], config=cfg)[0]
+    reference = AnswerStream(gen.tokenizer.decode, cfg.stop)
+    first = next(n for n, token in enumerate(alone.token_ids, 1) if reference.push(token))
+    assert len(alone.token_ids) - first > 8  # room for a few intervals after the first text
+
+    async def pieces(interval: int) -> tuple[list[str], list[int]]:
+        scheduler = Scheduler(gen, ServerConfig(max_batch=2, stream_interval=interval), Metrics())
+        try:
+            job = scheduler.submit(gen.encode_prompt(question), cfg)
+            got, tokens_at = [], []
+            while True:
+                kind, value = await job.events.get()  # one event at a time: no joining here
+                if kind == "end":
+                    return got, tokens_at
+                assert kind == "piece"
+                got.append(value)
+                tokens_at.append(job.tokens)  # tokens sampled by then (the row runs on)
+        finally:
+            scheduler.close()
+
+    every, _ = asyncio.run(pieces(1))
+    grouped, _ = asyncio.run(pieces(4))
+    assert "".join(every) == "".join(grouped) == alone.text
+    assert grouped[0] == every[0]  # the first text is not held back
+    # after it, a piece per 4 tokens (and what is left with the end): about a quarter of the events
+    rest = len(alone.token_ids) - first
+    assert len(grouped) <= 1 + -(-rest // 4) + 1 < len(every)
+    with pytest.raises(ConfigError, match="stream_interval must be >= 1"):
+        ServerConfig(stream_interval=0)

@@ -25,6 +25,7 @@ class ServerConfig:
     kv_cache_mb: float = 1024.0  # KV cache the running batch may hold; requests beyond it wait
     prefill_chunk: int = 64  # prompt tokens prefilled between two decode steps of the running rows
     workers: int = 1  # threads that each decode their own batch (max_batch and kv_cache_mb are shared out)
+    stream_interval: int = 1  # answer tokens per streamed event after the first (1: every token)
     model_name: str = "gptmed"
 
     def __post_init__(self) -> None:
@@ -37,6 +38,7 @@ class ServerConfig:
             ("max_tokens", 1),
             ("prefill_chunk", 1),
             ("workers", 1),
+            ("stream_interval", 1),
         ):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")

@@ -69,6 +69,9 @@ class Job:
     pending: int = 0  # the last sampled token, fed to the model by the next step
     last_token: float = 0.0  # perf_counter of the last token
     ended: bool = False
+    unsent: str = ""  # text held for the next piece event (``stream_interval``)
+    held: int = 0  # tokens since the last piece event
+    streamed: bool = False  # a piece event went out
 
     async def next_events(self) -> list[Event]:
         """The next event and every one already queued behind it, consecutive pieces joined: a
@@ -121,6 +124,7 @@ class Scheduler:
         self.gen = generator
         self.metrics = metrics
         self.max_batch, self.max_queue = config.max_batch, config.max_queue
+        self.stream_interval = config.stream_interval
         self.eos = generator.special_ids.eos
         self.vocab = generator.config.vocab_size
         runner = make_runner(generator.backend)
@@ -440,18 +444,21 @@ class _Worker:
             return
         job.tokens += 1
         metrics.completion_tokens.inc()
-        piece = job.stream.push(token)
-        if piece:
-            out.append((job, ("piece", piece)))
+        job.unsent += job.stream.push(token)
+        job.held += 1
         if job.stream.stopped:
             self._finish(job, "stop", out)
         elif job.tokens >= job.config.max_length:
             self._finish(job, "length", out)
         else:
             job.pending = token
+            # the first text at once, then every stream_interval tokens
+            if job.unsent and (not job.streamed or job.held >= self.s.stream_interval):
+                out.append((job, ("piece", job.unsent)))
+                job.unsent, job.held, job.streamed = "", 0, True
 
     def _finish(self, job: Job, reason: str, out: list[tuple[Job, Event]]) -> None:
-        rest = job.stream.finish()
+        rest = job.unsent + job.stream.finish()
         if rest:
             out.append((job, ("piece", rest)))
         out.append((job, ("end", (reason, job.tokens))))
