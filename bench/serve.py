@@ -16,7 +16,8 @@ excess gets 429 (the client waits 0.2 s and retries), never a 5xx.
 
 The prefill section measures how long a long prompt (``--long-prompt`` tokens) stalls a running
 stream: the largest gap between two tokens of a stream while the long prompt is prefilled, with
-``--prefill-chunk 64`` and with a chunk the size of the context (no chunking). The workers
+``--prefill-chunk 64`` and with a chunk the size of the context (no chunking), on one worker
+(with two, the long prompt would go to the idle one and never meet the stream). The workers
 section runs the batched server with its default workers (2 on 2+ cores) and with
 ``--workers 1``; the spin section, with ``--workers 1``, onnxruntime's threads spinning or not.
 
@@ -292,6 +293,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1, help="alternated rounds per row (totals over them)")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument(
+        "--stream-interval", type=int, default=1, help="the servers' --stream-interval (both sides)"
+    )
     ap.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     ap.add_argument("--long-prompt", type=int, default=400, help="prompt tokens of the prefill-stall test")
     ap.add_argument("--skip", nargs="*", default=[], help="sections to skip: overload stall workers spin")
@@ -320,9 +324,12 @@ def main() -> None:
         batched_label, single_label = f"{variant} --max-batch {args.max_batch}", f"{variant} one at a time"
         rows: list[str] = [header, "|---|---|---|---|---|---|---|---|"]
         runs: dict[str, list[Run]] = {}
+        interval = ["--stream-interval", str(args.stream_interval)]
         with (
-            Server(bundle, "--max-batch", str(args.max_batch), "--max-queue", "64", *int8) as batched,
-            Server(bundle, "--max-batch", "1", "--max-queue", "64", *int8) as single,
+            Server(
+                bundle, "--max-batch", str(args.max_batch), "--max-queue", "64", *int8, *interval
+            ) as batched,
+            Server(bundle, "--max-batch", "1", "--max-queue", "64", *int8, *interval) as single,
         ):
             for clients in args.clients:  # the two servers alternate: the machine's load hits both
                 base, run = Run(single_label, clients), Run(batched_label, clients)
@@ -360,11 +367,14 @@ def main() -> None:
         tok = Tokenizer(bundle / "tokenizer.model")
         long_prompt = tok.decode(tok.encode(" ".join(questions))[: args.long_prompt])
         print(
-            f"prefill of a ~{args.long_prompt}-token prompt while a stream runs (fp32, --max-batch {args.max_batch}):"
+            f"prefill of a ~{args.long_prompt}-token prompt while a stream runs "
+            f"(fp32, --max-batch {args.max_batch} --workers 1):"
         )
         results["stall"] = {}
         for chunk in ("64", "512"):
-            with Server(bundle, "--max-batch", str(args.max_batch), "--prefill-chunk", chunk) as srv:
+            # one worker: with two, the long prompt goes to the idle one and never meets the stream
+            flags = ["--max-batch", str(args.max_batch), "--workers", "1", "--prefill-chunk", chunk]
+            with Server(bundle, *flags) as srv:
                 median, worst = asyncio.run(_stall(srv.url, long_prompt))
             print(
                 f"  --prefill-chunk {chunk:>3}: median gap {median * 1e3:.1f} ms, largest gap {worst * 1e3:.1f} ms"
