@@ -21,8 +21,9 @@ Rows leave between steps, each on its own: EOS, a stop string, ``max_tokens``, i
 or the shutdown deadline. Each row samples with its own :class:`~gptmed.inference.Sampler` (its
 own parameters and seed) over its own logits, so its answer is the one it gets alone, whichever
 worker runs it. Text comes out of an :class:`~gptmed.inference.AnswerStream` per row, as
-``generate``/``stream`` produce it. Events go to each request's asyncio queue, once per
-iteration, through the event loop.
+``generate``/``stream`` produce it; a row's first text goes out at once, later text every
+``stream_interval`` tokens (default 1: every token) and what is left with its end. Events go to
+each request's asyncio queue, once per iteration, through the event loop.
 """
 
 from __future__ import annotations
