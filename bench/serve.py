@@ -10,8 +10,9 @@ Per variant (fp32, int8) two servers run the same bundle, side by side in the sa
 both with ``--max-queue 64``, so no request is refused. Each row sends ``max(--requests, 2 x
 clients)`` streamed greedy ``/v1/completions`` requests of ``--max-tokens`` tokens (MedQuAD
 questions), each client one after another. Reported: completion tokens/s (usage of every answer
-/ wall time), its ratio to one-at-a-time, p50/p95 time to the first token and latency, 429s and
-5xx. One more row runs 32 clients against ``--max-batch 16 --max-queue 8`` (capacity 24): the
+/ wall time), its ratio to one-at-a-time, p50/p95 time to the first token and latency, 429s,
+5xx, and the CPU cores the server process and the client (this process) kept busy meanwhile: on
+a small machine the client's share is cores the server does not get. One more row runs 32 clients against ``--max-batch 16 --max-queue 8`` (capacity 24): the
 excess gets 429 (the client waits 0.2 s and retries), never a 5xx.
 
 The prefill section measures how long a long prompt (``--long-prompt`` tokens) stalls a running
@@ -60,10 +61,19 @@ class Run:
     latency: list[float] = field(default_factory=list)
     refused: int = 0  # 429
     failed: int = 0  # 5xx or a stream that ended in an error
+    server_cpu: float = 0.0  # CPU seconds of the server process while the requests ran
+    client_cpu: float = 0.0  # CPU seconds of this process (the openai client) meanwhile
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    def cores(self) -> str:
+        """CPU cores the server and the client kept busy on average: "server + client"."""
+        if not self.seconds:
+            return "-"
+        server = f"{self.server_cpu / self.seconds:.2f}" if self.server_cpu else "?"
+        return f"{server} + {self.client_cpu / self.seconds:.2f}"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -87,6 +97,15 @@ def _questions(workdir: Path, count: int = 200) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- servers
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and all its threads (0 where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -173,7 +192,7 @@ async def _one(client: Any, question: str, max_tokens: int, run: Run) -> None:
 
 
 async def _drive(
-    url: str, questions: list[str], clients: int, requests: int, max_tokens: int, run: Run
+    url: str, questions: list[str], clients: int, requests: int, max_tokens: int, run: Run, pid: int
 ) -> None:
     import openai
 
@@ -185,14 +204,16 @@ async def _drive(
             await _one(client, question, max_tokens, run)
 
     await _one(client, questions[-1], 4, Run("warm-up", 1))
-    start = time.perf_counter()
+    start, server, mine = time.perf_counter(), _cpu_seconds(pid), time.process_time()
     await asyncio.gather(*(worker(w) for w in range(clients)))
     run.seconds += time.perf_counter() - start
+    run.server_cpu += _cpu_seconds(pid) - server
+    run.client_cpu += time.process_time() - mine
     await client.close()
 
 
 def measure(
-    url: str,
+    server: Server,
     label: str,
     questions: list[str],
     clients: int,
@@ -200,9 +221,11 @@ def measure(
     max_tokens: int,
     run: Run | None = None,
 ) -> Run:
-    """One round of ``requests`` at ``clients``; added to ``run`` (tokens, time, latencies) when given."""
+    """One round of ``requests`` at ``clients``; added to ``run`` (tokens, time, latencies, CPU)
+    when given."""
     run = run or Run(label, clients)
-    asyncio.run(_drive(url, questions, clients, max(requests, 2 * clients), max_tokens, run))
+    count = max(requests, 2 * clients)
+    asyncio.run(_drive(server.url, questions, clients, count, max_tokens, run, server.proc.pid))
     return run
 
 
@@ -246,7 +269,8 @@ def _row(run: Run, base: Run | None) -> str:
     return (
         f"| {run.label} | {run.clients} | {run.tokens_per_s:.0f} | {ratio} | "
         f"{_pct(run.ttft, 0.5):.3f} / {_pct(run.ttft, 0.95):.3f} | "
-        f"{_pct(run.latency, 0.5):.2f} / {_pct(run.latency, 0.95):.2f} | {run.refused} | {run.failed} |"
+        f"{_pct(run.latency, 0.5):.2f} / {_pct(run.latency, 0.95):.2f} | {run.refused} | {run.failed} | "
+        f"{run.cores()} |"
     )
 
 
@@ -262,7 +286,7 @@ def spin_section(bundle: Path, questions: list[str], args: argparse.Namespace) -
         for spin in ("1", "0"):
             flags = ["--max-batch", str(args.max_batch), "--workers", "1"]
             with Server(bundle, *flags, env={"GPTMED_ORT_SPIN": spin}) as srv:
-                run = measure(srv.url, f"spin {spin}", questions, 16, args.requests, args.max_tokens)
+                run = measure(srv, f"spin {spin}", questions, 16, args.requests, args.max_tokens)
             out[spin].append(run.tokens_per_s)
             print(f"  GPTMED_ORT_SPIN={spin}: {run.tokens_per_s:.0f} tokens/s", flush=True)
     return out
@@ -279,7 +303,7 @@ def workers_section(bundle: Path, questions: list[str], args: argparse.Namespace
                 flags = ["--max-batch", str(args.max_batch), *(["--int8"] if variant == "int8" else [])]
                 flags += [] if workers == "default" else ["--workers", workers]
                 with Server(bundle, *flags) as srv:
-                    run = measure(srv.url, workers, questions, 16, args.requests, args.max_tokens)
+                    run = measure(srv, workers, questions, 16, args.requests, args.max_tokens)
                 out.setdefault(f"{variant} workers {workers}", []).append(run.tokens_per_s)
                 print(f"  {variant}, workers {workers}: {run.tokens_per_s:.0f} tokens/s", flush=True)
     return out
@@ -317,12 +341,15 @@ def main() -> None:
         f"# bench/serve.py: {args.size} model, {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
     print(f"# {args.max_tokens} tokens per answer, greedy, streamed; --max-queue 64 unless said otherwise\n")
-    header = "| server | clients | tokens/s | vs one at a time | TTFT p50 / p95 s | latency p50 / p95 s | 429 | 5xx |"
+    header = (
+        "| server | clients | tokens/s | vs one at a time | TTFT p50 / p95 s | latency p50 / p95 s | 429 | 5xx "
+        "| CPU cores: server + client |"
+    )
     results: dict[str, Any] = {}
     for variant in args.variants:
         int8 = ["--int8"] if variant == "int8" else []
         batched_label, single_label = f"{variant} --max-batch {args.max_batch}", f"{variant} one at a time"
-        rows: list[str] = [header, "|---|---|---|---|---|---|---|---|"]
+        rows: list[str] = [header, "|---|---|---|---|---|---|---|---|---|"]
         runs: dict[str, list[Run]] = {}
         interval = ["--stream-interval", str(args.stream_interval)]
         with (
@@ -334,12 +361,8 @@ def main() -> None:
             for clients in args.clients:  # the two servers alternate: the machine's load hits both
                 base, run = Run(single_label, clients), Run(batched_label, clients)
                 for _round in range(args.rounds):  # alternated: the rows' totals over the rounds
-                    measure(
-                        single.url, single_label, questions, clients, args.requests, args.max_tokens, base
-                    )
-                    measure(
-                        batched.url, batched_label, questions, clients, args.requests, args.max_tokens, run
-                    )
+                    measure(single, single_label, questions, clients, args.requests, args.max_tokens, base)
+                    measure(batched, batched_label, questions, clients, args.requests, args.max_tokens, run)
                 rows += [_row(base, None), _row(run, base)]
                 runs.setdefault("single", []).append(base)
                 runs.setdefault("batched", []).append(run)
@@ -347,7 +370,7 @@ def main() -> None:
         if "overload" not in args.skip:
             with Server(bundle, "--max-batch", str(args.max_batch), "--max-queue", "8", *int8) as tight:
                 over = measure(
-                    tight.url,
+                    tight,
                     f"{variant} --max-batch {args.max_batch} --max-queue 8",
                     questions,
                     32,
