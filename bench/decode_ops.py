@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from gptmed.inference.backends import OnnxBackend, _session_options
+from gptmed.inference.backends import OnnxBackend, _session_options, open_session
 from gptmed.inference.bundle import kv_head_dim, load_bundle
 from onnx import TensorProto, helper, numpy_helper
 
@@ -56,7 +56,7 @@ def optimised_graph(model_path: Path, threads: int) -> onnx.GraphProto:
         opts = _session_options(threads)
         opts.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
         opts.log_severity_level = 3  # not the "hardware-specific optimisations" warning
-        ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        open_session(str(model_path), opts)
         return onnx.load(opts.optimized_model_filepath).graph
 
 

@@ -52,7 +52,7 @@ def test_decode_ops_bench_times_every_kernel_of_the_tiny_bundle(
     anchors = re.findall(r"^(fp32|int8), batch 2: whole decode step \(anchor\) (\d+) µs", stdout, re.M)
     assert [v for v, _ in anchors] == ["fp32", "int8"] and all(int(us) > 0 for _, us in anchors), stdout
     fp32, int8 = stdout.split("\nint8, batch 2")
-    for kernel in ("GroupQueryAttention", "SkipLayerNormalization", "BiasGelu"):
+    for kernel in ("GroupQueryAttention", "LayerNormalization", "BiasGelu"):
         assert f"| {kernel} |" in fp32 and f"| {kernel} |" in int8, stdout
     assert "| MatMul |" in fp32 and "| DynamicQuantizeMatMul |" in int8, stdout
 

@@ -272,6 +272,31 @@ def test_head_size_is_padded_to_a_multiple_of_8(artifacts) -> None:  # type: ign
     assert genai["model"]["decoder"]["head_size"] == 16
 
 
+def test_the_runtime_session_keeps_the_residual_add_and_layernorm_apart(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The graph norms with Add + LayerNormalization, and the runtime's session does not let
+    onnxruntime fuse them into SkipLayerNormalization (its slower CPU kernel); a session with
+    every fusion on does, so the option is what keeps them apart."""
+    import onnx
+    import onnxruntime as ort
+    from gptmed.inference.backends import _session_options, open_session
+
+    graph = artifacts.bundle / "model.int8.onnx"
+    assert not [n for n in onnx.load(str(graph)).graph.node if n.op_type == "SkipLayerNormalization"]
+
+    def optimised_ops(disable: bool) -> set[str]:
+        opts = _session_options(1)
+        opts.optimized_model_filepath = str(tmp_path / f"optimised-{disable}.onnx")
+        if disable:
+            open_session(str(graph), opts)
+        else:
+            ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        return {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+
+    kept, fused = optimised_ops(disable=True), optimised_ops(disable=False)
+    assert "SkipLayerNormalization" not in kept and "LayerNormalization" in kept
+    assert "SkipLayerNormalization" in fused
+
+
 def test_bundle_of_another_graph_layout_is_refused(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from gptmed.core import BundleError
 

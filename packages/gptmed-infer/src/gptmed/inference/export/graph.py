@@ -1,16 +1,19 @@
 """The decode graph, written node by node from a ``GPTTransformer`` state dict (numpy, no torch).
 
-One graph serves prefill, cached decode and full forward. Per block it runs nine nodes, all
+One graph serves prefill, cached decode and full forward. Per block it runs these nodes, all
 onnxruntime CPU kernels:
 
-* ``SkipLayerNormalization``: residual add + the previous projection's bias + LayerNorm, in one
-  pass (it also returns the new residual stream);
+* ``Add`` of the previous projection and its bias, ``Add`` of that to the residual stream, and
+  ``LayerNormalization``. onnxruntime would fuse the residual ``Add`` and the LayerNorm into one
+  ``SkipLayerNormalization``, whose CPU kernel takes about 3x the time of the two at decode
+  shapes (13 against 5 µs at 8 rows x 256); the runtime's sessions turn that fusion off
+  (:data:`gptmed.inference.backends.DISABLED_OPTIMIZERS`);
 * ``MatMul`` for q/k/v (one packed weight) + ``Add`` of its bias;
 * ``GroupQueryAttention`` (``com.microsoft``): RoPE (interleaved, as the model rotates), causal
   attention and the KV-cache write in one kernel. Its ``past_key_values.*`` and ``present.*`` may
   be the **same buffer** (capacity-sized, ``(B, nh, capacity, hs)``): the runtime binds one
   OrtValue to both and the kernel appends the new keys in place, so no step copies the cache;
-* ``MatMul`` for the output projection, ``SkipLayerNormalization`` again, ``MatMul`` +
+* ``MatMul`` for the output projection, the two ``Add`` and ``LayerNormalization`` again, ``MatMul`` +
   ``BiasGelu`` (``FastGelu`` for ``activation="gelu_tanh"``; bias fused) for the MLP, ``MatMul`` back.
 
 Padding is on the right: ``seqlens_k = sum(attention_mask) - 1`` per row says how many keys a row
@@ -156,21 +159,15 @@ class _Builder:
         ]
 
     def ln(self, name: str, key: str) -> str:
-        """LayerNorm of x (+ the pending branch and bias) -> ``name``; x becomes the sum."""
+        """LayerNorm of x (+ the pending branch and bias) -> ``name``; x becomes the sum, added
+        as the model adds it: ``x + (branch + bias)``."""
         gamma = self.init(f"{key}.weight", self.w(f"{key}.weight"))
         beta = self.init(f"{key}.bias", self.w(f"{key}.bias"))
-        if self.skip is None:
-            return self.node("LayerNormalization", [self.x, gamma, beta], [name], axis=-1, epsilon=LN_EPS)[0]
-        branch, bias = self.skip
-        out = self.node(
-            "SkipLayerNormalization",
-            [branch, self.x, gamma, beta, bias],
-            [name, "", "", f"{name}_resid"],
-            domain="com.microsoft",
-            epsilon=LN_EPS,
-        )
-        self.x, self.skip = out[3], None
-        return out[0]
+        if self.skip is not None:
+            branch, bias = self.skip
+            biased = self.node("Add", [branch, bias], [f"{name}_branch"])[0]
+            self.x, self.skip = self.node("Add", [self.x, biased], [f"{name}_resid"])[0], None
+        return self.node("LayerNormalization", [self.x, gamma, beta], [name], axis=-1, epsilon=LN_EPS)[0]
 
     def linear(
         self, src: str, key: str, out: str, weight_t: np.ndarray, bias: np.ndarray | None = None
