@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import platform
@@ -63,6 +64,16 @@ def _corpus(path: Path, pairs: int = 3000) -> None:
     write_qa_text(path, items, overwrite=True)
 
 
+def _exporter_digest() -> str:
+    """sha256 of the exporter's source files: a bundle cached by another exporter is rebuilt."""
+    import gptmed.inference.export as export
+
+    digest = hashlib.sha256()
+    for source in sorted(Path(export.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def build(workdir: Path, size: str) -> tuple[Path, Path]:
     """(checkpoint, bundle) for the preset ``size`` with random weights, cached in ``workdir``."""
     import torch
@@ -76,12 +87,15 @@ def build(workdir: Path, size: str) -> tuple[Path, Path]:
     ckpt = workdir / f"{size}.pt"
     bundle = workdir / f"bundle-{size}"
     bundle_json = bundle / "gptmed.json"
+    stamp = workdir / f"bundle-{size}.exporter"  # the exporter that wrote the cached bundle
     if (
         ckpt.is_file()
         and bundle_json.is_file()
         and BundleManifest.load(bundle_json).extra.get("graph_layout") == GRAPH_LAYOUT
+        and stamp.is_file()
+        and stamp.read_text() == _exporter_digest()
     ):
-        return ckpt, bundle  # a bundle of another layout is re-exported below, by this version's exporter
+        return ckpt, bundle  # a bundle of another layout or exporter is re-exported below, by this one
     tok_path = workdir / "tok.model"
     if not tok_path.is_file():
         _corpus(workdir / "qa.txt")
@@ -108,6 +122,7 @@ def build(workdir: Path, size: str) -> tuple[Path, Path]:
     export_bundle(
         ckpt, bundle, quantize="int8", min_int8_agreement=0.0
     )  # random weights: agreement is reported
+    stamp.write_text(_exporter_digest())
     return ckpt, bundle
 
 
