@@ -12,8 +12,9 @@ clients)`` streamed greedy ``/v1/completions`` requests of ``--max-tokens`` toke
 questions), each client one after another. Reported: completion tokens/s (usage of every answer
 / wall time), its ratio to one-at-a-time, p50/p95 time to the first token and latency, 429s,
 5xx, and the CPU cores the server process and the client (this process) kept busy meanwhile: on
-a small machine the client's share is cores the server does not get. One more row runs 32 clients against ``--max-batch 16 --max-queue 8`` (capacity 24): the
-excess gets 429 (the client waits 0.2 s and retries), never a 5xx.
+a small machine the client's share is cores the server does not get. One more row runs 32
+clients against ``--max-batch 16 --max-queue 8`` (capacity 24): the excess gets 429 (the client
+waits 0.2 s and retries), never a 5xx.
 
 The prefill section measures how long a long prompt (``--long-prompt`` tokens) stalls a running
 stream: the largest gap between two tokens of a stream while the long prompt is prefilled, with

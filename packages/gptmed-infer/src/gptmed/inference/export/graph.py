@@ -4,10 +4,8 @@ One graph serves prefill, cached decode and full forward. Per block it runs thes
 onnxruntime CPU kernels:
 
 * ``Add`` of the previous projection and its bias, ``Add`` of that to the residual stream, and
-  ``LayerNormalization``. onnxruntime would fuse the residual ``Add`` and the LayerNorm into one
-  ``SkipLayerNormalization``, whose CPU kernel takes about 3x the time of the two at decode
-  shapes (13 against 5 µs at 8 rows x 256); the runtime's sessions turn that fusion off
-  (:data:`gptmed.inference.backends.DISABLED_OPTIMIZERS`);
+  ``LayerNormalization``, kept apart: the runtime's sessions turn off onnxruntime's fusion into
+  the slower ``SkipLayerNormalization`` (:data:`gptmed.inference.backends.DISABLED_OPTIMIZERS`);
 * ``MatMul`` for q/k/v (one packed weight) + ``Add`` of its bias;
 * ``GroupQueryAttention`` (``com.microsoft``): RoPE (interleaved, as the model rotates), causal
   attention and the KV-cache write in one kernel. Its ``past_key_values.*`` and ``present.*`` may
