@@ -409,9 +409,8 @@ def main() -> None:
         extra["cold_start_s"] = round(cold_start(bundle), 3)
         extra["import_torch_s"] = round(import_time("torch"), 3)
         extra["import_onnxruntime_s"] = round(import_time("onnxruntime"), 3)
-    extra["installed_mb_gptmed_infer_runtime"] = round(
-        installed_mb(["onnxruntime", "numpy", "sentencepiece", "click"]), 1
-    )
+    # what `pip install gptmed-infer` pulls: the package and its requirements, recursively
+    extra["installed_mb_gptmed_infer_runtime"] = round(installed_mb(["gptmed-infer"]), 1)
     extra["installed_mb_torch"] = round(installed_mb(["torch"]), 1)
     extra["bundle_mb"] = {p.name: round(p.stat().st_size / 1e6, 2) for p in sorted(bundle.iterdir())}
     meta = {
