@@ -200,9 +200,10 @@ def tests(session: nox.Session, pkg: str) -> None:
 @_pruned
 def integration(session: nox.Session) -> None:
     """End to end across packages (integration_tests/), CPU, small data the tests make."""
-    # [triton]: bench/attention.py's CPU smoke run (the kernels under the Triton interpreter).
-    _install_local(session, _closure(PRESENT), {"infer": ("export",), "model": ("triton",)})
-    session.install(*PIP_ARGS, "pytest", "hypothesis")
+    # [triton]: bench/attention.py's CPU smoke run (the kernels under the Triton interpreter);
+    # [serve] and openai: bench/serve.py's smoke run (a real server driven by the openai client).
+    _install_local(session, _closure(PRESENT), {"infer": ("export", "serve"), "model": ("triton",)})
+    session.install(*PIP_ARGS, "pytest", "hypothesis", "openai>=1.30")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     env = {"PYTHONHASHSEED": "0", "GPTMED_ARTIFACTS": str(ARTIFACTS)}
     session.run(

@@ -11,15 +11,17 @@ both with ``--max-queue 64``, so no request is refused. Each row sends ``max(--r
 clients)`` streamed greedy ``/v1/completions`` requests of ``--max-tokens`` tokens (MedQuAD
 questions), each client one after another. Reported: completion tokens/s (usage of every answer
 / wall time), its ratio to one-at-a-time, p50/p95 time to the first token and latency, 429s,
-5xx, and the CPU cores the server process and the client (this process) kept busy meanwhile: on
-a small machine the client's share is cores the server does not get. One more row runs 32
-clients against ``--max-batch 16 --max-queue 8`` (capacity 24): the excess gets 429 (the client
-waits 0.2 s and retries), never a 5xx.
+5xx, and the CPU cores the server process (in brackets: its main thread, the event loop; the
+rest is the workers) and the client (this process) kept busy meanwhile: on a small machine the
+client's share is cores the server does not get. ``--stream-interval 64`` against the default 1
+gives the cost of a streamed event on each side. One more row runs 32 clients against
+``--max-batch 16 --max-queue 8`` (capacity 24): the excess gets 429 (the client waits 0.2 s and
+retries), never a 5xx.
 
 The prefill section measures how long a long prompt (``--long-prompt`` tokens) stalls a running
 stream: the largest gap between two tokens of a stream while the long prompt is prefilled, with
 ``--prefill-chunk 64`` and with a chunk the size of the context (no chunking), on one worker
-(with two, the long prompt would go to the idle one and never meet the stream). The workers
+(with two, the idle one usually takes the long prompt and it never meets the stream). The workers
 section runs the batched server with its default workers (2 on 2+ cores) and with
 ``--workers 1``; the spin section, with ``--workers 1``, onnxruntime's threads spinning or not.
 
@@ -63,6 +65,7 @@ class Run:
     refused: int = 0  # 429
     failed: int = 0  # 5xx or a stream that ended in an error
     server_cpu: float = 0.0  # CPU seconds of the server process while the requests ran
+    loop_cpu: float = 0.0  # of which its main thread: the event loop (the rest: the workers)
     client_cpu: float = 0.0  # CPU seconds of this process (the openai client) meanwhile
 
     @property
@@ -70,10 +73,13 @@ class Run:
         return self.tokens / self.seconds if self.seconds else 0.0
 
     def cores(self) -> str:
-        """CPU cores the server and the client kept busy on average: "server + client"."""
+        """CPU cores the server and the client kept busy on average: "server (its event loop) +
+        client"."""
         if not self.seconds:
             return "-"
-        server = f"{self.server_cpu / self.seconds:.2f}" if self.server_cpu else "?"
+        server = "?"
+        if self.server_cpu:
+            server = f"{self.server_cpu / self.seconds:.2f} ({self.loop_cpu / self.seconds:.2f})"
         return f"{server} + {self.client_cpu / self.seconds:.2f}"
 
 
@@ -100,13 +106,17 @@ def _questions(workdir: Path, count: int = 200) -> list[str]:
 # ----------------------------------------------------------------------------------- servers
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` and all its threads (0 where /proc is missing)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of process ``pid``, all its threads and its main thread alone
+    (the server's event loop); zeros where /proc is missing."""
+    seconds = []
+    for stat in (f"/proc/{pid}/stat", f"/proc/{pid}/task/{pid}/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0, 0.0
+        seconds.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return seconds[0], seconds[1]
 
 
 def _free_port() -> int:
@@ -205,10 +215,12 @@ async def _drive(
             await _one(client, question, max_tokens, run)
 
     await _one(client, questions[-1], 4, Run("warm-up", 1))
-    start, server, mine = time.perf_counter(), _cpu_seconds(pid), time.process_time()
+    start, (server, loop), mine = time.perf_counter(), _cpu_seconds(pid), time.process_time()
     await asyncio.gather(*(worker(w) for w in range(clients)))
     run.seconds += time.perf_counter() - start
-    run.server_cpu += _cpu_seconds(pid) - server
+    server_now, loop_now = _cpu_seconds(pid)
+    run.server_cpu += server_now - server
+    run.loop_cpu += loop_now - loop
     run.client_cpu += time.process_time() - mine
     await client.close()
 
@@ -344,7 +356,7 @@ def main() -> None:
     print(f"# {args.max_tokens} tokens per answer, greedy, streamed; --max-queue 64 unless said otherwise\n")
     header = (
         "| server | clients | tokens/s | vs one at a time | TTFT p50 / p95 s | latency p50 / p95 s | 429 | 5xx "
-        "| CPU cores: server + client |"
+        "| CPU cores: server (event loop) + client |"
     )
     results: dict[str, Any] = {}
     for variant in args.variants:
@@ -395,8 +407,9 @@ def main() -> None:
             f"(fp32, --max-batch {args.max_batch} --workers 1):"
         )
         results["stall"] = {}
-        for chunk in ("64", "512"):
-            # one worker: with two, the long prompt goes to the idle one and never meets the stream
+        context = json.loads((bundle / "gptmed.json").read_text())["model_config"]["max_seq_len"]
+        for chunk in ("64", str(context)):  # chunked, and the whole context in one unit
+            # one worker: with two, the idle one usually takes the long prompt, away from the stream
             flags = ["--max-batch", str(args.max_batch), "--workers", "1", "--prefill-chunk", chunk]
             with Server(bundle, *flags) as srv:
                 median, worst = asyncio.run(_stall(srv.url, long_prompt))

@@ -136,3 +136,31 @@ def test_attention_bench_smoke_run_on_the_cpu(tmp_path: Path) -> None:
         assert row["triton_fwd_tflops"] > 0 and row["sdpa_fwd_tflops"] > 0, row
     for step in report["decode"]:
         assert step["triton_rel_err"] < 1e-5 and step["triton_us"] > 0, step
+
+
+def test_serve_bench_drives_both_servers_and_measures_the_stall(
+    generate_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    """bench/serve.py on the tiny bundle: the batched and the one-at-a-time servers answer every
+    request (tokens counted from the usage chunks, no 429 or 5xx with the roomy queue), the overload
+    row refuses the excess with 429 and nothing else, and the stall section times both chunk sizes."""
+    pytest.importorskip("openai", reason="bench/serve.py drives the server with the openai client")
+    pytest.importorskip("uvicorn", reason="bench/serve.py needs gptmed-infer[serve]")
+    out = tmp_path / "serve.json"
+    smallest = "--size tiny --clients 2 --requests 4 --max-tokens 6 --max-batch 2 --variants fp32"
+    args = [*smallest.split(), "--long-prompt", "40", "--skip", "workers", "spin"]
+    args += ["--workdir", str(generate_run[1]), "--json", str(out)]
+    stdout = run(["python", str(BENCH / "serve.py"), *args], tmp_path, timeout=300).stdout
+    report = json.loads(out.read_text())["fp32"]
+    for key in ("single", "batched"):
+        (row,) = report[key]
+        assert row["clients"] == 2 and row["refused"] == 0 and row["failed"] == 0, row
+        assert len(row["latency"]) == 4 and 0 < row["tokens"] <= 4 * 6, row  # every answer, usage counted
+        assert 0 <= row["loop_cpu"] <= row["server_cpu"], row  # CPU clock ticks: 0 over a short row
+    (over,) = report["overload"]  # 32 clients, --max-batch 2 --max-queue 8: 429s, retried, never 5xx
+    assert over["refused"] > 0 and over["failed"] == 0 and len(over["latency"]) == 64, over
+    assert over["server_cpu"] > over["loop_cpu"] > 0 and over["client_cpu"] > 0, over
+    stall = json.loads(out.read_text())["stall"]  # --prefill-chunk 64 and the model's whole context
+    context = json.loads((generate_run[1] / "bundle-tiny" / "gptmed.json").read_text())["model_config"]["max_seq_len"]
+    assert set(stall) == {"64", str(context)} and all(v["max_gap_s"] > 0 for v in stall.values()), stall
+    assert "| fp32 --max-batch 2 | 2 |" in stdout, stdout
