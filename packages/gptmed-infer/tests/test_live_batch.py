@@ -102,3 +102,25 @@ def test_join_refuses_rows_the_store_has_no_room_for(onnx_gen) -> None:  # type:
         backend.join(live, state, [0, 1])
     assert live.rows == 0
     assert backend.kv_bytes_per_token() * 64 == live.nbytes  # one row of 64 keys
+
+
+def test_int8_rows_share_the_batch_s_quantization_scale_fp32_rows_do_not(artifacts) -> None:  # type: ignore[no-untyped-def]
+    """What docs/deployment.md warns of: the int8 graph's dynamic quantization scales each MatMul's
+    activations by one factor over the whole batch, so a row's int8 logits change with the rows
+    beside it; fp32's do not (beyond float noise)."""
+    from gptmed.inference import TextGenerator
+
+    moved = {}
+    for variant in ("fp32", "int8"):
+        gen = TextGenerator.from_bundle(artifacts.bundle, variant=variant)
+        prompts = [gen.encode_prompt(q) for q in PROMPTS]
+        width = max(len(p) for p in prompts)
+        ids = np.zeros((len(prompts), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)], mask[i, : len(p)] = p, 1
+        together, _ = gen.backend.prefill(ids, mask, capacity=width)
+        alone = [_alone(gen.backend, p, [])[0] for p in prompts]
+        moved[variant] = max(float(np.abs(together[i] - alone[i]).max()) for i in range(len(prompts)))
+    assert moved["fp32"] < 1e-5, moved
+    assert moved["int8"] > 1e-3, moved
