@@ -305,6 +305,10 @@ def test_stream_options_include_usage_sends_a_usage_chunk(server) -> None:  # ty
 def test_an_api_key_clients_cannot_send_is_refused_at_start() -> None:
     with pytest.raises(ConfigError, match="printable ASCII"):
         ServerConfig(api_key="clé-ü")
+    for key in ("abc ", " abc", " "):
+        with pytest.raises(ConfigError, match="whitespace"):
+            ServerConfig(api_key=key)
+    assert ServerConfig(api_key="a b").api_key == "a b"  # inside the key, a space travels
 
 
 def test_body_over_the_cap_is_413_before_parsing(server) -> None:  # type: ignore[no-untyped-def]

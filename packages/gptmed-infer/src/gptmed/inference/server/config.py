@@ -32,6 +32,11 @@ class ServerConfig:
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
             # HTTP headers are Latin-1 at best, and clients (the openai one too) send ASCII only
             raise ConfigError("the API key must be printable ASCII (clients cannot send other characters)")
+        if self.api_key is not None and self.api_key != self.api_key.strip():
+            # HTTP drops a header value's leading and trailing whitespace: no request would match
+            raise ConfigError(
+                "the API key must not begin or end with whitespace (HTTP drops it: no client could send it)"
+            )
         for name, low in (
             ("max_batch", 1),
             ("max_queue", 0),
