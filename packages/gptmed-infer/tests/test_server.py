@@ -367,6 +367,9 @@ def test_a_bounded_queue_serves_the_slot_and_the_queue_and_refuses_the_rest(onnx
 
 def test_models_endpoint_and_unknown_route(server) -> None:  # type: ignore[no-untyped-def]
     assert [m.id for m in _client(server).models.list()] == ["gptmed"]
+    assert _client(server).models.retrieve("gptmed").id == "gptmed"
+    with pytest.raises(openai.NotFoundError, match="no model 'other'"):
+        _client(server).models.retrieve("other")
     r = httpx.get(server + "/v1/nothing")
     assert r.status_code == 404 and _error(r)["code"] == "not_found"
 

@@ -194,12 +194,19 @@ class Api:
 
     # -------------------------------------------------------------------------- the rest
     async def models(self, request: Request) -> Response:
+        """``GET /v1/models`` (the list: this one model) and ``GET /v1/models/{model}`` (retrieve)."""
         try:
             check_key(request, self.cfg.api_key)
+            model = {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "gptmed"}
+            asked = request.path_params.get("model")
+            if asked is None:
+                return JSONResponse({"object": "list", "data": [model]})
+            if asked != self.cfg.model_name:
+                message = f"no model {asked!r}: this server has {self.cfg.model_name!r}"
+                raise APIError(404, message, param="model", code="model_not_found")
+            return JSONResponse(model)
         except APIError as exc:
             return exc.response()
-        model = {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "gptmed"}
-        return JSONResponse({"object": "list", "data": [model]})
 
     async def health(self, request: Request) -> Response:
         s = self.scheduler
@@ -276,6 +283,7 @@ def create_app(generator: Any, config: ServerConfig | None = None) -> Starlette:
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
             Route("/v1/completions", api.completions, methods=["POST"]),
             Route("/v1/models", api.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", api.models, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.metrics_page, methods=["GET"]),
             Route("/", api.page, methods=["GET"]),
