@@ -226,6 +226,18 @@ def test_wrong_or_missing_key_is_401(server) -> None:  # type: ignore[no-untyped
             "invalid_type",
             "messages",
         ),
+        (
+            "/v1/chat/completions",
+            '{"messages": [{"role": "user", "content": ["hi"]}]}',
+            "invalid_type",
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            '{"messages": [{"role": "user", "content": null}]}',
+            "invalid_type",
+            "messages",
+        ),
         ("/v1/completions", '{"prompt": "hi", "n": true}', "invalid_type", "n"),  # True == 1 in Python
         ("/v1/completions", '{"prompt": "hi", "n": 2}', "invalid_value", "n"),
         ("/v1/completions", '{"prompt": "hi", "frequency_penalty": 3}', "invalid_value", "frequency_penalty"),
@@ -259,6 +271,15 @@ def test_bad_requests_are_400_never_500(server, path, body, code, param) -> None
     assert r.status_code == 400, r.text
     err = _error(r)
     assert err["code"] == code and err["param"] == param
+
+
+def test_a_bad_chat_message_is_named_by_its_index(server) -> None:  # type: ignore[no-untyped-def]
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": None}]
+    message = str(_error(_post(server, "/v1/chat/completions", json.dumps({"messages": turns})))["message"])
+    assert message == "'messages[1].content' must be a string, got null", message
+    turns[1]["content"] = [{"type": "text", "text": "hi"}, "there"]
+    message = str(_error(_post(server, "/v1/chat/completions", json.dumps({"messages": turns})))["message"])
+    assert message.startswith("'messages[1].content[1]' must be a content part such as {"), message
 
 
 def test_context_length_exceeded_by_max_tokens(server) -> None:  # type: ignore[no-untyped-def]

@@ -97,16 +97,41 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _check_str(value: Any, name: str) -> str:
+def _check_str(value: Any, name: str, param: str | None = None) -> str:
+    """``value`` if it is a string of valid Unicode, else a 400 naming ``name`` (the error's
+    ``param``: ``param``, default ``name``)."""
+    param = param or name
     if not isinstance(value, str):
-        raise APIError(400, f"'{name}' must be a string", param=name, code="invalid_type")
+        got = "null" if value is None else type(value).__name__
+        raise APIError(400, f"'{name}' must be a string, got {got}", param=param, code="invalid_type")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise APIError(
-            400, f"'{name}' is not valid Unicode (lone surrogate)", param=name, code="invalid_unicode"
+            400, f"'{name}' is not valid Unicode (lone surrogate)", param=param, code="invalid_unicode"
         ) from None
     return value
+
+
+def _message_text(message: dict[str, Any], index: int) -> str:
+    """The text of ``messages[index]``: a string, or the text of its content parts."""
+    where = f"messages[{index}].content"
+    content = message.get("content")
+    if content is None and message["role"] != "user":  # e.g. an assistant turn with tool_calls
+        return ""
+    if not isinstance(content, list):
+        return _check_str(content, where, "messages")
+    texts = []
+    for j, part in enumerate(content):  # content parts: keep the text ones
+        if not isinstance(part, dict):
+            raise APIError(
+                400,
+                f'\'{where}[{j}]\' must be a content part such as {{"type": "text", "text": "..."}}',
+                param="messages",
+                code="invalid_type",
+            )
+        texts.append(_check_str(part.get("text", ""), f"{where}[{j}].text", "messages"))
+    return "".join(texts)
 
 
 def _number(body: dict[str, Any], name: str, kind: type) -> Any:
@@ -131,18 +156,12 @@ def _chat_prompt(body: dict[str, Any]) -> str:
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages", code="invalid_value")
     prompt = None
-    for m in messages:
+    for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise APIError(
-                400, "each message needs a 'role' and 'content'", param="messages", code="invalid_value"
+                400, f"messages[{i}] needs a 'role' and 'content'", param="messages", code="invalid_value"
             )
-        content = m.get("content")
-        if content is None and m["role"] != "user":  # e.g. an assistant turn with tool_calls
-            content = ""
-        if isinstance(content, list):  # content parts: keep the text ones
-            texts = (p.get("text", "") for p in content if isinstance(p, dict))
-            content = "".join(_check_str(t, "messages") for t in texts)
-        content = _check_str(content, "messages")
+        content = _message_text(m, i)
         if m["role"] == "user":
             prompt = content  # the template is one question -> one answer: the last user turn
     if prompt is None:
