@@ -238,6 +238,12 @@ def test_wrong_or_missing_key_is_401(server) -> None:  # type: ignore[no-untyped
             "invalid_type",
             "messages",
         ),
+        (
+            "/v1/completions",
+            '{"prompt": "hi", "max_tokens": 2, "max_completion_tokens": 5}',
+            "invalid_value",
+            "max_completion_tokens",
+        ),
         ("/v1/completions", '{"prompt": "hi", "n": true}', "invalid_type", "n"),  # True == 1 in Python
         ("/v1/completions", '{"prompt": "hi", "n": 2}', "invalid_value", "n"),
         ("/v1/completions", '{"prompt": "hi", "frequency_penalty": 3}', "invalid_value", "frequency_penalty"),
@@ -271,6 +277,14 @@ def test_bad_requests_are_400_never_500(server, path, body, code, param) -> None
     assert r.status_code == 400, r.text
     err = _error(r)
     assert err["code"] == code and err["param"] == param
+
+
+def test_max_completion_tokens_is_max_tokens_under_its_newer_name(server) -> None:  # type: ignore[no-untyped-def]
+    for fields in ({"max_completion_tokens": 2}, {"max_tokens": 2, "max_completion_tokens": 2}):
+        body = {"prompt": "What is fever?", "temperature": 0, "frequency_penalty": 0, **fields}
+        r = _post(server, "/v1/completions", json.dumps(body))
+        assert r.status_code == 200, r.text
+        assert 1 <= r.json()["usage"]["completion_tokens"] <= 2, r.json()
 
 
 def test_a_bad_chat_message_is_named_by_its_index(server) -> None:  # type: ignore[no-untyped-def]

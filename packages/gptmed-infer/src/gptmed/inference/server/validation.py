@@ -195,8 +195,16 @@ def _max_tokens(body: dict[str, Any], cap: int, context: int, n_prompt: int) -> 
     """The request's ``max_tokens`` (or ``max_completion_tokens``; default: the room the context
     leaves, up to ``cap``), checked against the cap and the context."""
     max_tokens: int | None = _number(body, "max_tokens", int)
+    newer: int | None = _number(body, "max_completion_tokens", int)  # OpenAI's newer name
+    if max_tokens is not None and newer is not None and max_tokens != newer:
+        raise APIError(
+            400,
+            f"max_tokens ({max_tokens}) and max_completion_tokens ({newer}) disagree; send one of them",
+            param="max_completion_tokens",
+            code="invalid_value",
+        )
     if max_tokens is None:
-        max_tokens = _number(body, "max_completion_tokens", int)
+        max_tokens = newer
     if max_tokens is not None and not 1 <= max_tokens <= cap:
         raise APIError(
             400,
