@@ -255,14 +255,17 @@ async def _stall(url: str, long_prompt: str) -> tuple[float, float]:
     started = asyncio.Event()
 
     async def stream() -> None:
-        s = await client.completions.create(
-            model="gptmed", prompt="What is glaucoma?", max_tokens=200, temperature=0, stream=True
-        )
-        async for chunk in s:
-            if chunk.choices and chunk.choices[0].text:
-                stamps.append(time.perf_counter())
-                if len(stamps) == 20:
-                    started.set()
+        try:
+            s = await client.completions.create(
+                model="gptmed", prompt="What is glaucoma?", max_tokens=200, temperature=0, stream=True
+            )
+            async for chunk in s:
+                if chunk.choices and chunk.choices[0].text:
+                    stamps.append(time.perf_counter())
+                    if len(stamps) == 20:
+                        started.set()
+        finally:
+            started.set()  # a stream that ended early must not leave long() waiting
 
     async def long() -> None:
         await started.wait()
@@ -270,6 +273,10 @@ async def _stall(url: str, long_prompt: str) -> tuple[float, float]:
 
     await asyncio.gather(stream(), long())
     await client.close()
+    if len(stamps) <= 20:
+        raise RuntimeError(
+            f"the running stream ended after {len(stamps)} pieces, before the long prompt came"
+        )
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     return statistics.median(gaps), max(gaps)
 
