@@ -199,7 +199,7 @@ class Api:
             check_key(request, self.cfg.api_key)
             model = {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "gptmed"}
             asked = request.path_params.get("model")
-            if asked is None:
+            if not asked:  # /v1/models, or /v1/models/ with the slash
                 return JSONResponse({"object": "list", "data": [model]})
             if asked != self.cfg.model_name:
                 message = f"no model {asked!r}: this server has {self.cfg.model_name!r}"

@@ -33,9 +33,9 @@ class ServerConfig:
             # HTTP headers are Latin-1 at best, and clients (the openai one too) send ASCII only
             raise ConfigError("the API key must be printable ASCII (clients cannot send other characters)")
         if self.api_key is not None and self.api_key != self.api_key.strip():
-            # HTTP drops a header value's leading and trailing whitespace: no request would match
+            # HTTP drops trailing whitespace from a header, the key check strips the token: none would match
             raise ConfigError(
-                "the API key must not begin or end with whitespace (HTTP drops it: no client could send it)"
+                "the API key must not begin or end with whitespace (headers lose it: no client could send it)"
             )
         for name, low in (
             ("max_batch", 1),

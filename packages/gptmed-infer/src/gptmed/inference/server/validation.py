@@ -97,13 +97,28 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _json_type(value: Any) -> str:
+    """What JSON calls ``value``'s type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    for kind, name in ((str, "string"), (list, "array"), (dict, "object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
 def _check_str(value: Any, name: str, param: str | None = None) -> str:
     """``value`` if it is a string of valid Unicode, else a 400 naming ``name`` (the error's
     ``param``: ``param``, default ``name``)."""
     param = param or name
     if not isinstance(value, str):
-        got = "null" if value is None else type(value).__name__
-        raise APIError(400, f"'{name}' must be a string, got {got}", param=param, code="invalid_type")
+        raise APIError(
+            400, f"'{name}' must be a string, got {_json_type(value)}", param=param, code="invalid_type"
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -141,7 +156,7 @@ def _number(body: dict[str, Any], name: str, kind: type) -> Any:
     what = "an integer" if kind is int else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise APIError(
-            400, f"'{name}' must be {what}, got {type(value).__name__}", param=name, code="invalid_type"
+            400, f"'{name}' must be {what}, got {_json_type(value)}", param=name, code="invalid_type"
         )
     if isinstance(value, int) and value.bit_length() > 64:  # float() of it may overflow, repr() may raise
         raise APIError(400, f"'{name}' is out of range", param=name, code="invalid_value")
