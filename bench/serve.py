@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,14 +143,12 @@ class Server:
         )
 
     def __enter__(self) -> Server:
-        import httpx
-
         deadline = time.time() + 120
         while True:
-            try:
-                httpx.get(self.url + "/health", timeout=1)
-                return self
-            except httpx.TransportError:
+            try:  # the standard library: the openai client's HTTP package varies with its version
+                with urllib.request.urlopen(self.url + "/health", timeout=1):
+                    return self
+            except OSError:  # refused, reset or timed out while the server starts
                 if self.proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(
                         f"the server did not start: {self.proc.communicate()[1][-2000:]}"
