@@ -22,6 +22,7 @@ __all__ = [
     "PARITY_PROMPTS",
     "ParityError",
     "check_parity",
+    "generated_tokens",
     "greedy_tokens",
     "prompt_set",
 ]
@@ -38,7 +39,9 @@ PARITY_PROMPTS = (
     "What causes headaches?",
 )
 _HINT = "no bundle was written; report this with the checkpoint's model config"
-_GREEDY = GenerationConfig(temperature=0.0)
+# the model's own argmax: no frequency penalty (GenerationConfig's default 0.5), which would make
+# "greedy" tokens that a teacher-forced argmax (the int8 gate's) does not pick
+_GREEDY = GenerationConfig(temperature=0.0, frequency_penalty=0.0)
 
 
 class ParityError(BundleError):
@@ -55,10 +58,17 @@ def prompt_set(tokenizer: Any, config: Any, prompts: Sequence[str]) -> list[list
 
 
 def greedy_tokens(backend: Any, prompt: list[int], max_new: int) -> list[int]:
-    """``max_new`` greedy tokens after ``prompt`` on ``backend`` (batch 1, KV cache)."""
+    """``max_new`` greedy tokens (each the argmax of the logits) after ``prompt`` on ``backend``
+    (batch 1, KV cache)."""
+    return generated_tokens(backend, prompt, max_new, _GREEDY)
+
+
+def generated_tokens(backend: Any, prompt: list[int], max_new: int, config: GenerationConfig) -> list[int]:
+    """``max_new`` tokens after ``prompt`` on ``backend``, chosen as ``config`` says (batch 1, KV
+    cache; EOS does not stop it)."""
     ids = np.asarray([prompt], dtype=np.int64)  # (1, T)
     logits, state = backend.prefill(ids, np.ones_like(ids))  # (1, V)
-    sampler = Sampler(_GREEDY, 1, backend.config.vocab_size)
+    sampler = Sampler(config, 1, backend.config.vocab_size, [prompt])
     out: list[int] = []
     for step in range(max_new):
         tok = sampler.next_tokens(logits)  # (1,)
