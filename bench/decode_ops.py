@@ -7,8 +7,8 @@ in the same run (the anchor: `OnnxBackend.decode`, 32-token prompts, 128 new tok
 
 The bundle is the one `bench/generate.py` builds (run it first, or pass any bundle). Each node
 of the optimised graph whose inputs other than its weights are one activation per row
-(MatMul, DynamicQuantizeMatMul, Gemm, SkipLayerNormalization, BiasGelu, LayerNormalization) is
-copied with its real weights into a one-node graph; GroupQueryAttention is timed on a cache
+(MatMul, MatMulIntegerToFloat, QuantizeLinear, DynamicQuantizeMatMul, Gemm, SkipLayerNormalization,
+BiasGelu, LayerNormalization) is copied with its real weights into a one-node graph; GroupQueryAttention is timed on a cache
 holding the decode's mean number of keys. "net" subtracts the cost of running a one-node graph
 (a one-element `Identity`), which every node of the real graph does not pay separately. The rest
 of the step is split in two: the time inside onnxruntime's run beyond those kernels (small
@@ -39,9 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_attention import _best_us, _gqa_binding, _gqa_model, _session
 
 F32 = TensorProto.FLOAT
+MATMUL_OPS = ("MatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "Gemm")
 ROW_OPS = {
     "MatMul",
-    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",  # the int8 graph's (its input quantized by the QuantizeLinear before it)
+    "QuantizeLinear",
+    "DynamicQuantizeMatMul",  # int8 graphs exported before the scales were fixed at export
     "Gemm",
     "SkipLayerNormalization",
     "BiasGelu",
@@ -65,23 +68,41 @@ def _weight(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> np.ndarray | 
     return next((inits[n] for n in node.input if n in inits), None)
 
 
-def _activation_width(node: onnx.NodeProto, weight: np.ndarray) -> int:
-    """Features per row of the node's activation input, read off its weight."""
+def quantized_widths(graph: onnx.GraphProto, inits: dict[str, np.ndarray]) -> dict[str, int]:
+    """Features per row of each quantized activation (a QuantizeLinear's output), read off the
+    weight of the MatMulIntegerToFloat that takes it."""
+    return {
+        n.input[0]: int(inits[n.input[1]].shape[0]) for n in graph.node if n.op_type == "MatMulIntegerToFloat"
+    }
+
+
+def _activation_width(node: onnx.NodeProto, weight: np.ndarray, quantized: dict[str, int]) -> int:
+    """Features per row of the node's activation input, read off its weight (a QuantizeLinear's
+    off its consumer's, in ``quantized``)."""
+    if node.op_type == "QuantizeLinear":
+        return quantized[node.output[0]]
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return int(weight.shape[1] if trans_b else weight.shape[0])
-    if node.op_type in ("MatMul", "DynamicQuantizeMatMul"):
+    if node.op_type in MATMUL_OPS:
         return int(weight.shape[0])
     return int(weight.shape[-1])  # normalisation scale / gelu bias: one value per feature
 
 
 def time_row_node(
-    node: onnx.NodeProto, inits: dict[str, np.ndarray], batch: int, threads: int, rng: np.random.Generator
+    node: onnx.NodeProto,
+    inits: dict[str, np.ndarray],
+    quantized: dict[str, int],
+    batch: int,
+    threads: int,
+    rng: np.random.Generator,
 ) -> tuple[str, float]:
     """(shape label, µs per call) of ``node`` alone on ``batch`` rows of one token."""
     weight = _weight(node, inits)
     assert weight is not None
-    width = _activation_width(node, weight)
+    width = _activation_width(node, weight, quantized)
+    takes_uint8 = node.op_type == "MatMulIntegerToFloat"
+    out_type = TensorProto.UINT8 if node.op_type == "QuantizeLinear" else F32
     two_d = node.op_type == "Gemm"
     shape = [batch, width] if two_d else [batch, 1, width]
     feeds = [n for n in node.input if n and n not in inits]
@@ -91,16 +112,21 @@ def time_row_node(
     graph = helper.make_graph(
         [copy],
         "one",
-        [helper.make_tensor_value_info(n, F32, shape) for n in feeds],
-        [helper.make_tensor_value_info(node.output[0], F32, None)],
+        [helper.make_tensor_value_info(n, TensorProto.UINT8 if takes_uint8 else F32, shape) for n in feeds],
+        [helper.make_tensor_value_info(node.output[0], out_type, None)],
         used,
     )
     sess = _session(helper.make_model(graph, opset_imports=OPSETS), threads)
     bind = sess.io_binding()
     for name in feeds:
-        bind.bind_cpu_input(name, rng.standard_normal(shape, dtype=np.float32))
+        value = (
+            rng.integers(0, 256, shape, dtype=np.uint8)
+            if takes_uint8
+            else rng.standard_normal(shape, dtype=np.float32)
+        )
+        bind.bind_cpu_input(name, value)
     bind.bind_output(node.output[0])
-    matmul = node.op_type in ("MatMul", "DynamicQuantizeMatMul", "Gemm")
+    matmul = node.op_type in MATMUL_OPS
     label = "x".join(map(str, weight.shape)) if matmul else f"{width}"
     return label, _best_us(lambda: sess.run_with_iobinding(bind), calls=500)
 
@@ -175,6 +201,7 @@ def breakdown(bundle_dir: Path, variant: str, batch: int, threads: int, prompt: 
     cfg = bundle.manifest.model_config
     graph = optimised_graph(bundle.model_path, threads)
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    quantized = quantized_widths(graph, inits)
     keys = prompt + new // 2  # the mean number of keys a decode step attends to
     overhead = time_run_overhead(threads)
     rng = np.random.default_rng(0)
@@ -183,7 +210,7 @@ def breakdown(bundle_dir: Path, variant: str, batch: int, threads: int, prompt: 
     gqa_us: float | None = None
     for node in graph.node:
         if node.op_type in ROW_OPS and _weight(node, inits) is not None:
-            label, us = time_row_node(node, inits, batch, threads, rng)
+            label, us = time_row_node(node, inits, quantized, batch, threads, rng)
             rows[(node.op_type, label)].append(us)
         elif node.op_type == "GroupQueryAttention":
             if gqa_us is None:

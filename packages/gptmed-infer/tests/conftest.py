@@ -143,6 +143,16 @@ def onnx_gen(artifacts: Artifacts):  # type: ignore[no-untyped-def]
     return TextGenerator.from_bundle(artifacts.bundle)
 
 
+@pytest.fixture(scope="session", params=["fp32", "int8"])
+def variant_gen(request: pytest.FixtureRequest, artifacts: Artifacts, onnx_gen):  # type: ignore[no-untyped-def]
+    """The bundle's fp32 generator, then its int8 one: for what both graphs must do."""
+    from gptmed.inference import TextGenerator
+
+    return (
+        onnx_gen if request.param == "fp32" else TextGenerator.from_bundle(artifacts.bundle, variant="int8")
+    )
+
+
 @pytest.fixture(scope="session")
 def torch_gen(artifacts: Artifacts):  # type: ignore[no-untyped-def]
     from gptmed.inference import TextGenerator

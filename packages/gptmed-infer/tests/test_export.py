@@ -39,11 +39,53 @@ def test_dynamic_batch_sequence_and_past_match_torch(onnx_gen, torch_gen, batch,
 def test_int8_gate_recorded_with_threshold(artifacts) -> None:  # type: ignore[no-untyped-def]
     extra = json.loads((artifacts.bundle / "gptmed.json").read_text())["extra"]
     q = extra["int8"]
-    assert q["min_agreement"] == 0.9
-    assert q["greedy_agreement"] >= q["min_agreement"]
+    assert q["min_agreement"] == 0.9 and q["near_tie_logits"] == 0.5
+    assert q["agreement"] >= q["min_agreement"]
+    assert 0.0 <= q["greedy_agreement"] <= q["agreement"]
+    assert q["positions"] > 0 and q["calibration_tokens"] > q["positions"]
     assert q["int8_bytes"] < q["fp32_bytes"]
     assert q["fp32_ms_per_token"] > 0 and q["int8_ms_per_token"] > 0
     assert extra["variants"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def test_the_int8_graph_quantizes_every_matmul_with_scales_fixed_at_export(artifacts) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+
+    def ops(name: str) -> list[str]:
+        return [n.op_type for n in onnx.load(str(artifacts.bundle / name)).graph.node]
+
+    fp32, int8 = ops("model.onnx"), ops("model.int8.onnx")
+    matmuls = fp32.count("MatMul") + fp32.count("Gemm")
+    assert matmuls > 0 and int8.count("MatMulIntegerToFloat") == matmuls
+    assert "MatMul" not in int8 and "Gemm" not in int8
+    assert "DynamicQuantizeLinear" not in int8  # no scale taken from the batch at run time
+    # one QuantizeLinear per distinct activation (the fixture's Q/K/V are one MatMul)
+    assert 0 < int8.count("QuantizeLinear") <= matmuls
+
+
+def test_the_int8_gate_refuses_a_graph_whose_activations_clip(artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The gate's measure can fail: the same graph calibrated on ranges 20x too narrow clips
+    most activations, and its agreement with fp32 drops below the gate's bar."""
+    from gptmed.inference.bundle import Bundle, load_bundle
+    from gptmed.inference.export import int8
+    from gptmed.inference.export.parity import PARITY_PROMPTS, prompt_set
+
+    bundle = load_bundle(artifacts.bundle)
+    fp32 = OnnxBackend(bundle)
+    prompts = prompt_set(TextGenerator.from_bundle(artifacts.bundle).tokenizer, fp32.config, PARITY_PROMPTS)
+    ranges = int8.activation_ranges(bundle.model_path, prompts, fp32.config)
+    narrow = {name: (lo / 20, hi / 20) for name, (lo, hi) in ranges.items()}
+    int8.write_int8_graph(bundle.model_path, tmp_path / "clipped.onnx", narrow)
+    clipped = Bundle(
+        bundle.root,
+        bundle.manifest,
+        "clipped.onnx",
+        (tmp_path / "clipped.onnx").read_bytes(),
+        bundle.tokenizer_path,
+    )
+    got = int8.greedy_agreement(fp32, OnnxBackend(clipped), prompts)
+    assert got["agreement"] < int8.INT8_MIN_AGREEMENT, got
+    assert int8.greedy_agreement(fp32, fp32, prompts)["greedy_agreement"] == 1.0
 
 
 def test_failed_parity_gate_leaves_no_bundle(artifacts, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

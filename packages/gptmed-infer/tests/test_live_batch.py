@@ -1,5 +1,6 @@
 """OnnxBackend's continuous-batching methods (LiveBatch): rows join, leave and decode together
-with the same logits as each row alone, and a prompt prefilled in chunks equals one prefill."""
+with the same logits as each row alone, and a prompt prefilled in chunks equals one prefill; on
+the fp32 graph and on the int8 one (its activations' scales are fixed at export)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ def _alone(backend, ids: list[int], tokens: list[int]) -> list[np.ndarray]:  # t
     return out
 
 
-def test_rows_joining_and_leaving_decode_as_they_do_alone(onnx_gen) -> None:  # type: ignore[no-untyped-def]
-    backend = onnx_gen.backend
+def test_rows_joining_and_leaving_decode_as_they_do_alone(variant_gen) -> None:  # type: ignore[no-untyped-def]
+    backend = variant_gen.backend
     assert isinstance(backend, BatchingBackend)
-    prompts = [onnx_gen.encode_prompt(q) for q in PROMPTS]
+    prompts = [variant_gen.encode_prompt(q) for q in PROMPTS]
     feeds = [[7 + r, 11, 13 + r, 17, 19, 23] for r in range(len(prompts))]  # tokens fed to each row
     alone = [_alone(backend, p, f) for p, f in zip(prompts, feeds, strict=True)]
 
@@ -74,9 +75,9 @@ def test_rows_joining_and_leaving_decode_as_they_do_alone(onnx_gen) -> None:  # 
             assert int(np.argmax(a)) == int(np.argmax(b))
 
 
-def test_a_prompt_prefilled_in_chunks_equals_one_prefill(onnx_gen) -> None:  # type: ignore[no-untyped-def]
-    backend = onnx_gen.backend
-    ids = onnx_gen.encode_prompt("Tell me about hypertension, anemia, asthma and a fracture, please.")
+def test_a_prompt_prefilled_in_chunks_equals_one_prefill(variant_gen) -> None:  # type: ignore[no-untyped-def]
+    backend = variant_gen.backend
+    ids = variant_gen.encode_prompt("Tell me about hypertension, anemia, asthma and a fracture, please.")
     assert len(ids) > 12
     arr = np.asarray([ids], dtype=np.int64)
     whole, state_whole = backend.prefill(arr, np.ones_like(arr), capacity=len(ids) + 1)
@@ -104,23 +105,19 @@ def test_join_refuses_rows_the_store_has_no_room_for(onnx_gen) -> None:  # type:
     assert backend.kv_bytes_per_token() * 64 == live.nbytes  # one row of 64 keys
 
 
-def test_int8_rows_share_the_batch_s_quantization_scale_fp32_rows_do_not(artifacts) -> None:  # type: ignore[no-untyped-def]
-    """What docs/deployment.md warns of: the int8 graph's dynamic quantization scales each MatMul's
-    activations by one factor over the whole batch, so a row's int8 logits change with the rows
-    beside it; fp32's do not (beyond float noise)."""
-    from gptmed.inference import TextGenerator
-
-    moved = {}
-    for variant in ("fp32", "int8"):
-        gen = TextGenerator.from_bundle(artifacts.bundle, variant=variant)
-        prompts = [gen.encode_prompt(q) for q in PROMPTS]
-        width = max(len(p) for p in prompts)
-        ids = np.zeros((len(prompts), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)], mask[i, : len(p)] = p, 1
-        together, _ = gen.backend.prefill(ids, mask, capacity=width)
-        alone = [_alone(gen.backend, p, [])[0] for p in prompts]
-        moved[variant] = max(float(np.abs(together[i] - alone[i]).max()) for i in range(len(prompts)))
-    assert moved["fp32"] < 1e-5, moved
-    assert moved["int8"] > 1e-3, moved
+def test_a_row_s_logits_do_not_move_with_the_rows_beside_it(variant_gen) -> None:  # type: ignore[no-untyped-def]
+    """One left-padded prefill of every prompt gives each row the logits it gets alone, exactly
+    (beyond float noise) on fp32 and int8 alike. The int8 graph of earlier exports (onnxruntime's
+    dynamic quantization: one activation scale per MatMul over the whole batch) moved them by
+    0.03-0.05 (docs/deployment.md)."""
+    gen = variant_gen
+    prompts = [gen.encode_prompt(q) for q in PROMPTS]
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    together, _ = gen.backend.prefill(ids, mask, capacity=width)
+    alone = [_alone(gen.backend, p, [])[0] for p in prompts]
+    moved = max(float(np.abs(together[i] - alone[i]).max()) for i in range(len(prompts)))
+    assert moved < 1e-5, moved

@@ -97,8 +97,8 @@ def _run(
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_greedy_rows_in_one_batch_get_the_tokens_they_get_alone(onnx_gen, artifacts, workers) -> None:  # type: ignore[no-untyped-def]
-    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+def test_greedy_rows_in_one_batch_get_the_tokens_they_get_alone(variant_gen, artifacts, workers) -> None:  # type: ignore[no-untyped-def]
+    gen = _slow_gen(variant_gen, artifacts, delay=0.002)
     configs = [make_config(gen.defaults, temperature=0.0, max_length=n) for n in (40, 6, 25, 3, 40, 12)]
     requests = [(gen.encode_prompt(q), cfg) for q, cfg in zip(QUESTIONS, configs, strict=True)]
     assert max(len(ids) for ids, _ in requests) > 12
@@ -163,8 +163,8 @@ def test_rows_with_their_own_penalties_get_the_tokens_they_get_alone(onnx_gen, a
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_seeded_rows_in_one_batch_get_the_text_they_get_alone(onnx_gen, artifacts, workers) -> None:  # type: ignore[no-untyped-def]
-    gen = _slow_gen(onnx_gen, artifacts, delay=0.002)
+def test_seeded_rows_in_one_batch_get_the_text_they_get_alone(variant_gen, artifacts, workers) -> None:  # type: ignore[no-untyped-def]
+    gen = _slow_gen(variant_gen, artifacts, delay=0.002)
     configs = [
         make_config(gen.defaults, temperature=t, top_k=k, top_p=p, seed=seed, max_length=30)
         for t, k, p, seed in [

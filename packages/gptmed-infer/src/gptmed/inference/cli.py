@@ -63,7 +63,7 @@ def _stage_bar(label: str) -> Iterator[Callable[[int, int, str], None]]:
     "--min-int8-agreement",
     type=click.FloatRange(0, 1),
     default=None,
-    help="Greedy agreement with fp32 the int8 graph must reach [default: 0.90].",
+    help="Share of greedy tokens the int8 graph must agree on with fp32 (near-ties count) [default: 0.90].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")

@@ -8,8 +8,8 @@ all), the no-repeat n-gram rule (a token that would complete an n-gram the answe
 is never chosen), then greedy (``temperature == 0``) or temperature / top-k / top-p sampling. The
 penalties and the n-gram rule apply to greedy decoding as well. Each row draws from its own
 ``numpy.random.Generator`` seeded with the seed, so a seeded question gets the same answer alone,
-in a batch of any size, or streamed, as long as its logits do not change with the batch (fp32 yes;
-the int8 graph quantizes activations with one scale per batch, so no). The ONNX and the torch backends (and the server) all hand
+in a batch of any size, or streamed: its logits do not change with the batch (both graphs; the
+int8 graph's activation scales are fixed at export). The ONNX and the torch backends (and the server) all hand
 their logits to this code, so a greedy run is token-for-token the same on both.
 """
 

@@ -421,7 +421,13 @@ def _write_bundle(
     if quantize == "int8":
         stage(INT8)
         report.int8 = quantize_int8(
-            tmp / MODEL_FILE, tmp / MODEL_INT8_FILE, fp32, onnx_backend, prompts, min_int8_agreement
+            tmp / MODEL_FILE,
+            tmp / MODEL_INT8_FILE,
+            fp32,
+            onnx_backend,
+            prompts,
+            min_int8_agreement,
+            generation,
         )
         files[MODEL_INT8_FILE] = sha256_file(tmp / MODEL_INT8_FILE)
         extra["int8"] = report.int8
