@@ -55,7 +55,8 @@ def test_decode_ops_bench_times_every_kernel_of_the_tiny_bundle(
     fp32, int8 = stdout.split("\nint8, batch 2")
     for kernel in ("GroupQueryAttention", "LayerNormalization", "BiasGelu"):
         assert f"| {kernel} |" in fp32 and f"| {kernel} |" in int8, stdout
-    assert "| MatMul |" in fp32 and "| MatMulIntegerToFloat |" in int8 and "| QuantizeLinear |" in int8, stdout
+    assert "| MatMul |" in fp32, stdout
+    assert "| MatMulIntegerToFloat |" in int8 and "| QuantizeLinear |" in int8, stdout
 
 
 def test_decode_attention_bench_agrees_with_groupqueryattention(tmp_path: Path) -> None:

@@ -59,6 +59,9 @@ def test_the_int8_graph_quantizes_every_matmul_with_scales_fixed_at_export(artif
     assert matmuls > 0 and int8.count("MatMulIntegerToFloat") == matmuls
     assert "MatMul" not in int8 and "Gemm" not in int8
     assert "DynamicQuantizeLinear" not in int8  # no scale taken from the batch at run time
+    # each MatMul's bias Add is folded into its MatMulIntegerToFloat (the qkv, attention-output
+    # and MLP-output projections of every block; the MLP's first bias goes to BiasGelu)
+    assert int8.count("Add") == fp32.count("Add") - 3 * fp32.count("GroupQueryAttention")
     # one QuantizeLinear per distinct activation (the fixture's Q/K/V are one MatMul)
     assert 0 < int8.count("QuantizeLinear") <= matmuls
 

@@ -140,10 +140,10 @@ def _quantize_node(x: str, lo: float, hi: float) -> tuple[Any, list[Any]]:
     from onnx import helper, numpy_helper
 
     scale = (hi - lo) / 255.0 if hi > lo else 1.0
-    zero = np.uint8(np.clip(np.rint(-lo / scale), 0, 255))
-    inits = [
-        numpy_helper.from_array(np.float32(scale), f"{x}_scale"),
-        numpy_helper.from_array(zero, f"{x}_zero"),
+    zero = np.clip(np.rint(-lo / scale), 0, 255)
+    inits = [  # scalars: one scale and zero point for the whole tensor
+        numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{x}_scale"),
+        numpy_helper.from_array(np.array(zero, dtype=np.uint8), f"{x}_zero"),
     ]
     node = helper.make_node(
         "QuantizeLinear", [x, f"{x}_scale", f"{x}_zero"], [f"{x}_q"], name=f"{x}_quantize"
@@ -151,9 +151,11 @@ def _quantize_node(x: str, lo: float, hi: float) -> tuple[Any, list[Any]]:
     return node, inits
 
 
-def _int8_matmul(node: Any, weight: np.ndarray) -> tuple[Any, list[Any]]:
+def _int8_matmul(node: Any, weight: np.ndarray, bias_add: Any | None) -> tuple[Any, list[Any]]:
     """``MatMulIntegerToFloat`` computing ``node``'s output from its quantized input (``x``_q of
-    :func:`_quantize_node`), and its int8 weight, weight scales and zero points."""
+    :func:`_quantize_node`), and its int8 weight, weight scales and zero points. With
+    ``bias_add`` (the ``Add`` of a bias after ``node``, see :func:`_bias_adds`) it adds the bias
+    itself and gives the ``Add``'s output."""
     from onnx import helper, numpy_helper
 
     transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
@@ -165,11 +167,38 @@ def _int8_matmul(node: Any, weight: np.ndarray) -> tuple[Any, list[Any]]:
         numpy_helper.from_array(np.zeros(levels.shape[1], dtype=np.int8), f"{w}_zero"),
     ]
     inputs = [f"{x}_q", f"{w}_int8", f"{x}_scale", f"{w}_scale", f"{x}_zero", f"{w}_zero"]
-    inputs += [n for n in node.input[2:3] if n]  # a Gemm's bias (N,), added in float
+    outputs = list(node.output)
+    if bias_add is not None:
+        inputs.append(next(n for n in bias_add.input if n != node.output[0]))
+        outputs = list(bias_add.output)
+    else:
+        inputs += [n for n in node.input[2:3] if n]  # a Gemm's bias (N,), added in float
     name = f"{node.name or w}_int8"
-    return helper.make_node(
-        "MatMulIntegerToFloat", inputs, list(node.output), name=name, domain="com.microsoft"
-    ), inits
+    return helper.make_node("MatMulIntegerToFloat", inputs, outputs, name=name, domain="com.microsoft"), inits
+
+
+def _bias_adds(graph: Any, targets: set[int]) -> dict[int, int]:
+    """Target MatMul index -> index of the ``Add`` that adds a bias (a 1-D initializer) to its
+    output, where that ``Add`` is the output's only use: ``MatMulIntegerToFloat`` adds the bias
+    itself, one kernel fewer per MatMul (onnxruntime fuses it into ``DynamicQuantizeMatMul``
+    likewise)."""
+    vectors = {i.name for i in graph.initializer if len(i.dims) == 1}
+    uses: dict[str, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            uses.setdefault(name, []).append(index)
+    graph_outputs = {o.name for o in graph.output}
+    found = {}
+    for index in targets:
+        node = graph.node[index]
+        out = node.output[0]
+        if node.op_type != "MatMul" or out in graph_outputs or len(uses.get(out, [])) != 1:
+            continue
+        user = graph.node[uses[out][0]]
+        others = [n for n in user.input if n != out]
+        if user.op_type == "Add" and len(others) == 1 and others[0] in vectors:
+            found[index] = uses[out][0]
+    return found
 
 
 def write_int8_graph(fp32_path: Path, int8_path: Path, ranges: Ranges) -> None:
@@ -182,9 +211,13 @@ def write_int8_graph(fp32_path: Path, int8_path: Path, ranges: Ranges) -> None:
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
     targets = set(_quantizable(graph))
+    bias_adds = _bias_adds(graph, targets)
+    folded = set(bias_adds.values())
     nodes, inits = [], []
     quantized: set[str] = set()  # activations that already have their QuantizeLinear
     for index, node in enumerate(graph.node):
+        if index in folded:
+            continue
         if index not in targets:
             nodes.append(node)
             continue
@@ -194,7 +227,8 @@ def write_int8_graph(fp32_path: Path, int8_path: Path, ranges: Ranges) -> None:
             nodes.append(quantize)
             inits += scales
             quantized.add(x)
-        matmul, matmul_inits = _int8_matmul(node, numpy_helper.to_array(weights[node.input[1]]))
+        add = graph.node[bias_adds[index]] if index in bias_adds else None
+        matmul, matmul_inits = _int8_matmul(node, numpy_helper.to_array(weights[node.input[1]]), add)
         nodes.append(matmul)
         inits += matmul_inits
     used = {i for n in nodes for i in n.input}
