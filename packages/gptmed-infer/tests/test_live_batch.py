@@ -108,8 +108,10 @@ def test_join_refuses_rows_the_store_has_no_room_for(onnx_gen) -> None:  # type:
 def test_a_row_s_logits_do_not_move_with_the_rows_beside_it(variant_gen) -> None:  # type: ignore[no-untyped-def]
     """One left-padded prefill of every prompt gives each row the logits it gets alone, exactly
     (beyond float noise) on fp32 and int8 alike. The int8 graph of earlier exports (onnxruntime's
-    dynamic quantization: one activation scale per MatMul over the whole batch) moved them by
-    0.03-0.05 (docs/deployment.md)."""
+    dynamic quantization: one activation scale per MatMul over the whole batch) moved them by more
+    than 1e-3 here (0.038 on the bench model). The int8 bound holds because the fp32 ops before each
+    QuantizeLinear give a row the same bits whatever the batch on onnxruntime's CPU kernels: one
+    rounding flip would move a logit by about one quantization step (~1e-3)."""
     gen = variant_gen
     prompts = [gen.encode_prompt(q) for q in PROMPTS]
     width = max(len(p) for p in prompts)

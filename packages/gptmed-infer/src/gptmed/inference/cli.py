@@ -127,7 +127,8 @@ def export_cmd(
         if report.int8:
             q = report.int8
             click.echo(
-                f"  int8: agreement {q['greedy_agreement']:.1%} (>= {q['min_agreement']:.0%}), "
+                f"  int8: agreement {q['agreement']:.1%} (>= {q['min_agreement']:.0%}; "
+                f"exact {q['greedy_agreement']:.1%}, near-ties within {q['near_tie_logits']:g} logits count), "
                 f"{q['int8_bytes'] / 1e6:.2f} MB vs {q['fp32_bytes'] / 1e6:.2f} MB, "
                 f"{q['int8_ms_per_token']:.2f} vs {q['fp32_ms_per_token']:.2f} ms/token"
             )

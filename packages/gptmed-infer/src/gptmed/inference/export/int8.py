@@ -1,6 +1,6 @@
 """``--quantize int8``: static int8 quantization of the graph's MatMuls, gated on greedy agreement.
 
-Every MatMul/Gemm with a weight initializer becomes ``QuantizeLinear`` (the activation, to uint8)
+Every MatMul (and plain ``x @ W + b`` Gemm) with a weight initializer becomes ``QuantizeLinear`` (the activation, to uint8)
 and ``com.microsoft.MatMulIntegerToFloat`` (int8 weights, one scale per output channel):
 
 - **Weights**: symmetric, per output channel, 7 bits (-63..63). On x86 CPUs without VNNI,
@@ -13,7 +13,7 @@ and ``com.microsoft.MatMulIntegerToFloat`` (int8 weights, one scale per output c
   the server's continuous batching gives a row the same int8 tokens as a request alone, and a
   prefill the same as token-by-token decoding. onnxruntime's dynamic quantization, which earlier
   exports used, took one scale per MatMul over the whole batch, so rows moved each other's
-  logits; its decode step cost the same (docs/deployment.md).
+  logits. The decode step costs about the same (docs/bench/infer.md).
 
 The gate: the int8 graph is kept only when its greedy next token is fp32's, or one fp32 scores
 within ``INT8_NEAR_TIE`` of fp32's best, on at least ``INT8_MIN_AGREEMENT`` of the teacher-forced
@@ -40,6 +40,8 @@ __all__ = [
     "INT8_MIN_AGREEMENT",
     "INT8_NEAR_TIE",
     "activation_ranges",
+    "calibration_set",
+    "int8_agreement",
     "quantize_int8",
     "write_int8_graph",
 ]
@@ -58,9 +60,10 @@ Ranges = dict[str, tuple[float, float]]  # MatMul input name -> (min, max) seen 
 def calibration_set(
     backend: Any, prompt_ids: Sequence[list[int]], generation: GenerationConfig
 ) -> list[list[int]]:
-    """Each prompt followed by fp32's greedy continuation and by ``CALIBRATION_SAMPLES`` sampled
-    ones (the bundle's sampling settings, seeds 0..), ``CALIBRATION_TOKENS`` long at most."""
-    greedy = GenerationConfig(temperature=0.0)
+    """Each prompt followed by fp32's continuations as the bundle decodes them: greedy (with the
+    bundle's penalties) and ``CALIBRATION_SAMPLES`` sampled (its sampling settings, seeds 0..),
+    ``CALIBRATION_TOKENS`` long at most."""
+    greedy = replace(generation, temperature=0.0)
     sampled = [replace(generation, seed=seed) for seed in range(CALIBRATION_SAMPLES)]
     if generation.temperature == 0.0:  # a greedy bundle: sample at 1.0, or every sample is the greedy one
         sampled = [replace(c, temperature=1.0) for c in sampled]
@@ -69,6 +72,14 @@ def calibration_set(
         room = min(CALIBRATION_TOKENS, backend.config.max_seq_len - len(p))
         sequences += [p + generated_tokens(backend, p, room, c) for c in [greedy, *sampled]]
     return sequences
+
+
+def _is_vector(tensor: Any, width: int) -> bool:
+    """``tensor`` is a float32 initializer of shape exactly ``(width,)``: a bias
+    ``MatMulIntegerToFloat`` can add (it does not broadcast one)."""
+    import onnx
+
+    return tensor is not None and list(tensor.dims) == [width] and tensor.data_type == onnx.TensorProto.FLOAT
 
 
 def _quantizable(graph: Any) -> list[int]:
@@ -83,16 +94,19 @@ def _quantizable(graph: Any) -> list[int]:
         plain = all(attrs[a].f == 1.0 for a in ("alpha", "beta") if a in attrs) and not (
             "transA" in attrs and attrs["transA"].i
         )
+        weight = weights[node.input[1]]
         bias = node.input[2] if len(node.input) > 2 else ""
-        plain = plain and (not bias or (bias in weights and len(weights[bias].dims) == 1))  # (N,) only
-        if len(weights[node.input[1]].dims) == 2 and plain:
+        transposed = any(a.name == "transB" and a.i for a in node.attribute)
+        width = weight.dims[0] if transposed else weight.dims[-1]
+        if len(weight.dims) == 2 and plain and (not bias or _is_vector(weights.get(bias), width)):
             found.append(index)
     return found
 
 
 def activation_ranges(fp32_path: Path, sequences: Sequence[list[int]], config: Any) -> Ranges:
     """The min and max of every quantized MatMul's input over the fp32 graph's prefill of each
-    sequence (batch 1, an empty cache); 0 is always inside the range."""
+    sequence (batch 1, an empty cache, the logits of every position, so the output projection
+    sees them all); 0 is always inside the range."""
     import onnx
     from gptmed.inference.backends import _session_options, open_session
     from gptmed.inference.bundle import kv_head_dim
@@ -115,7 +129,7 @@ def activation_ranges(fp32_path: Path, sequences: Sequence[list[int]], config: A
             "input_ids": ids,
             "position_ids": np.arange(width, dtype=np.int64)[None],
             "attention_mask": np.ones_like(ids),
-            "num_logits_to_keep": np.array([1], dtype=np.int64),
+            "num_logits_to_keep": np.array([0], dtype=np.int64),  # 0: all positions
         }
         cache = np.zeros((1, config.n_heads, width, kv_head_dim(config)), dtype=np.float32)
         feeds.update({name: cache.copy() for name in past})
@@ -139,7 +153,12 @@ def _quantize_node(x: str, lo: float, hi: float) -> tuple[Any, list[Any]]:
     with 0 exactly representable, and its scale and zero point."""
     from onnx import helper, numpy_helper
 
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ParityError(
+            f"int8 calibration: the fp32 graph's input to a MatMul ({x}) reached {lo:g}..{hi:g}",
+            hint="the checkpoint's activations overflow; export without --quantize",
+        )
+    scale = max((hi - lo) / 255.0, float(np.finfo(np.float32).tiny)) if hi > lo else 1.0
     zero = np.clip(np.rint(-lo / scale), 0, 255)
     inits = [  # scalars: one scale and zero point for the whole tensor
         numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{x}_scale"),
@@ -182,7 +201,7 @@ def _bias_adds(graph: Any, targets: set[int]) -> dict[int, int]:
     output, where that ``Add`` is the output's only use: ``MatMulIntegerToFloat`` adds the bias
     itself, one kernel fewer per MatMul (onnxruntime fuses it into ``DynamicQuantizeMatMul``
     likewise)."""
-    vectors = {i.name for i in graph.initializer if len(i.dims) == 1}
+    weights = {i.name: i for i in graph.initializer}
     uses: dict[str, list[int]] = {}
     for index, node in enumerate(graph.node):
         for name in node.input:
@@ -196,7 +215,8 @@ def _bias_adds(graph: Any, targets: set[int]) -> dict[int, int]:
             continue
         user = graph.node[uses[out][0]]
         others = [n for n in user.input if n != out]
-        if user.op_type == "Add" and len(others) == 1 and others[0] in vectors:
+        width = weights[node.input[1]].dims[-1]
+        if user.op_type == "Add" and len(others) == 1 and _is_vector(weights.get(others[0]), width):
             found[index] = uses[out][0]
     return found
 
@@ -250,7 +270,7 @@ def _decode_ms(backend: Any, prompt: list[int], tokens: int = 32) -> float:
     return (time.perf_counter() - start) * 1000.0 / max(tokens, 1)
 
 
-def greedy_agreement(fp32_backend: Any, int8_backend: Any, prompt_ids: Sequence[list[int]]) -> dict[str, Any]:
+def int8_agreement(fp32_backend: Any, int8_backend: Any, prompt_ids: Sequence[list[int]]) -> dict[str, Any]:
     """Teacher-forced on fp32's greedy continuation of each prompt: how often int8's greedy token
     is fp32's (``greedy_agreement``), or one fp32 scores within ``INT8_NEAR_TIE`` of its best
     (``agreement``)."""
@@ -293,7 +313,7 @@ def quantize_int8(
     int8_backend = make_backend(int8_path)
     report = {
         "min_agreement": min_agreement,
-        **greedy_agreement(fp32_backend, int8_backend, prompt_ids),
+        **int8_agreement(fp32_backend, int8_backend, prompt_ids),
         "calibration_tokens": sum(len(s) for s in sequences),
         "fp32_bytes": fp32_path.stat().st_size,
         "int8_bytes": int8_path.stat().st_size,
