@@ -285,6 +285,31 @@ def test_cli_errors_prints_one_line_and_exits_1(tmp_path: Path) -> None:
     assert result.stderr == "Error: qa.txt:3: bad record; fix it\n"
 
 
+def test_a_sigterm_inside_sigterm_held_waits_for_the_block_then_unwinds_with_143() -> None:
+    """Native code that runs Python inside a call (onnx's checker) aborts the process when the
+    SIGTERM handler raises there; sigterm_held makes the handler wait for the block's end."""
+    code = (
+        "import os, signal\n"
+        "from gptmed.core import cli_errors, sigterm_held\n"
+        "with cli_errors(debug=False):\n"
+        "    try:\n"
+        "        with sigterm_held():\n"
+        "            with sigterm_held():  # nested: only the outermost end raises\n"
+        "                os.kill(os.getpid(), signal.SIGTERM)\n"
+        "                sum(range(100_000))  # bytecode runs: the handler has had its turn\n"
+        "            print('inner block finished', flush=True)\n"
+        "        print('never', flush=True)\n"
+        "    finally:\n"
+        "        print('cleanup', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        143,
+        "inner block finished\ncleanup\n",
+        "Terminated.\n",
+    )
+
+
 def test_sigterm_under_cli_errors_cleans_up_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
     """A killed writer left its hidden temp file and the folders made for it (SIGTERM's default
     action ends the process with no cleanup); under cli_errors it unwinds like Ctrl-C."""

@@ -25,6 +25,7 @@ from gptmed.core.errors import (
     Terminated,
     TokenizerError,
     cli_errors,
+    sigterm_held,
 )
 from gptmed.core.io import (
     atomic_open,
@@ -114,6 +115,7 @@ __all__ = [
     "remove_empty_folders",
     "sha256_bytes",
     "sha256_file",
+    "sigterm_held",
     "sweep_temp_files",
     "utf16_codec",
     "write_qa_text",

@@ -123,8 +123,37 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM during a command run under :func:`cli_errors`: unwinds like Ctrl-C (exit 143)."""
 
 
+class _Hold:
+    """SIGTERMs held by :func:`sigterm_held`: how deep the holds nest, and whether one came."""
+
+    depth = 0
+    pending = False
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    if _Hold.depth:
+        _Hold.pending = True  # raised when the outermost hold ends
+        return
     raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_held() -> Iterator[None]:
+    """Hold a SIGTERM that :func:`cli_errors` turns into :class:`Terminated` until the block ends,
+    then raise it (the cleanup still runs, just after the block).
+
+    For native code that may run Python inside a call: onnx's C++ checker (nanobind) aborted the
+    whole process when the handler raised there ("terminate called after throwing an instance of
+    'nanobind::python_error'", exit -6, the staging folder left behind; once in a fresh-clone CI
+    run of export's SIGTERM test). Keep the block short: the signal waits for it."""
+    _Hold.depth += 1
+    try:
+        yield
+    finally:
+        _Hold.depth -= 1
+    if not _Hold.depth and _Hold.pending:
+        _Hold.pending = False
+        raise Terminated()
 
 
 def _catch_sigterm() -> Any:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gptmed.core import ModelConfig
+from gptmed.core import ModelConfig, sigterm_held
 from gptmed.inference.bundle import expected_io_names, kv_head_dim
 
 __all__ = ["LN_EPS", "OPSET", "build_graph", "export_onnx", "graph_weights"]
@@ -66,10 +66,11 @@ def graph_weights(model: Any) -> dict[str, np.ndarray]:
 def export_onnx(model: Any, path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """Write ``model`` (a ``GPTTransformer``) as the KV-cache decode graph to ``path`` (weights
     inline, checked by ``onnx.checker``); return its input and output names."""
-    import onnx
+    with sigterm_held():  # onnx's native code must not see the SIGTERM handler raise (sigterm_held)
+        import onnx
 
-    graph = build_graph(model.config, graph_weights(model))
-    onnx.checker.check_model(graph)
+        graph = build_graph(model.config, graph_weights(model))
+        onnx.checker.check_model(graph)
     onnx.save_model(graph, str(path))
     return expected_io_names(model.config.n_layers)
 
