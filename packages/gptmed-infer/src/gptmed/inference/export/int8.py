@@ -82,6 +82,14 @@ def _is_vector(tensor: Any, width: int) -> bool:
     return tensor is not None and list(tensor.dims) == [width] and tensor.data_type == onnx.TensorProto.FLOAT
 
 
+def _attr(node: Any, name: str, default: float) -> Any:
+    """``node``'s attribute ``name``, or ``default`` where the node leaves it out (a Gemm's
+    alpha and beta default to 1, transA and transB to 0; a MatMul has none)."""
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def _quantizable(graph: Any) -> list[int]:
     """Indices of the MatMul/Gemm nodes whose weight (input 1) is a 2-D initializer and, for a
     Gemm, that compute a plain ``x @ W (+ bias of shape (N,))``."""
@@ -90,14 +98,14 @@ def _quantizable(graph: Any) -> list[int]:
     for index, node in enumerate(graph.node):
         if node.op_type not in _QUANTIZED_OPS or node.input[1] not in weights:
             continue
-        attrs = {a.name: a for a in node.attribute}  # a Gemm's alpha and beta default to 1, transA to 0
-        plain = all(attrs[a].f == 1.0 for a in ("alpha", "beta") if a in attrs) and not (
-            "transA" in attrs and attrs["transA"].i
+        plain = (
+            _attr(node, "alpha", 1.0) == 1.0
+            and _attr(node, "beta", 1.0) == 1.0
+            and not _attr(node, "transA", 0)
         )
         weight = weights[node.input[1]]
         bias = node.input[2] if len(node.input) > 2 else ""
-        transposed = any(a.name == "transB" and a.i for a in node.attribute)
-        width = weight.dims[0] if transposed else weight.dims[-1]
+        width = weight.dims[0] if _attr(node, "transB", 0) else weight.dims[-1]
         if len(weight.dims) == 2 and plain and (not bias or _is_vector(weights.get(bias), width)):
             found.append(index)
     return found
@@ -177,8 +185,7 @@ def _int8_matmul(node: Any, weight: np.ndarray, bias_add: Any | None) -> tuple[A
     itself and gives the ``Add``'s output."""
     from onnx import helper, numpy_helper
 
-    transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-    levels, scale = _weight_int8(weight.T if transposed else weight)
+    levels, scale = _weight_int8(weight.T if _attr(node, "transB", 0) else weight)
     x, w = node.input[0], f"{node.output[0]}_w"
     inits = [
         numpy_helper.from_array(levels, f"{w}_int8"),
